@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv on first use.
+# GPU users: make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+XDC := $(VENV)/bin/xdc
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench bench-data bench-kmeans bench-train clean
+
+setup: $(VENV)/.installed
+
+# torch goes in first, from TORCH_SPEC, so that installing xdc (torch>=2.1) pulls in nothing bigger.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(XDC) demo --out $(DEMO_DIR)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check xdc tests benchmarks
+	$(PY) -m ruff format --check xdc tests benchmarks
+	$(PY) -m mypy xdc
+
+bench: bench-data bench-kmeans bench-train
+
+bench-data: setup
+	$(PY) benchmarks/data.py
+
+bench-kmeans: setup
+	$(PY) benchmarks/kmeans.py
+
+bench-train: setup
+	$(PY) benchmarks/train.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,115 @@
+"""Helpers that write small real media files for the tests (PyAV, no external tools).
+
+Every test makes its own data: lossless files (FFV1 video + PCM audio in Matroska) when a test
+compares decoded pixels and samples exactly, lossy ones (H.264 + AAC in MP4) when it needs the
+formats users have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float = 25.0,
+    audio: np.ndarray | None = None,
+    sample_rate: int = 16000,
+    lossless: bool = True,
+    frame_times: Sequence[float] | None = None,
+    gop: int = 12,
+) -> Path:
+    """Write ``frames`` (T, H, W, 3) uint8 RGB and optional ``audio`` (C, N) or (N,) float in [-1, 1].
+
+    Args:
+        path: output file; its suffix picks the container (``.mkv``, ``.mp4``, ``.webm``, ``.avi``).
+        fps: nominal frame rate (also the time base denominator unless ``frame_times`` is given).
+        lossless: FFV1 (``bgr0``) + PCM s16 when True; H.264 (``yuv420p``) + AAC otherwise.
+        frame_times: explicit presentation times in seconds, for variable-frame-rate files
+            (written with a 1/1000 s time base).
+        gop: keyframe interval of lossy video.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    _, height, width, _ = frames.shape
+    with av.open(str(path), "w") as container:
+        if lossless:
+            vstream = container.add_stream("ffv1", rate=Fraction(fps).limit_denominator(1001))
+            vstream.pix_fmt = "bgr0"
+        else:
+            vstream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+            vstream.pix_fmt = "yuv420p"
+            vstream.options = {"g": str(gop), "preset": "ultrafast", "bf": "0"}
+        vstream.width, vstream.height = width, height
+        if frame_times is not None:
+            vstream.codec_context.time_base = Fraction(1, 1000)
+        astream = None
+        if audio is not None:
+            audio = np.asarray(audio, dtype=np.float32)
+            if audio.ndim == 1:
+                audio = audio[None, :]
+            layout = "mono" if audio.shape[0] == 1 else "stereo"
+            codec = "pcm_s16le" if lossless else "aac"
+            astream = container.add_stream(codec, rate=sample_rate, layout=layout)
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if frame_times is not None:
+                frame.pts = int(round(frame_times[i] * 1000))
+                frame.time_base = Fraction(1, 1000)
+            else:
+                frame.pts = i
+            container.mux(vstream.encode(frame))
+        container.mux(vstream.encode())
+        if astream is not None and audio is not None:
+            _write_audio(container, astream, audio, sample_rate, lossless)
+    return path
+
+
+def _write_audio(
+    container: av.container.OutputContainer,
+    stream: av.audio.stream.AudioStream,
+    audio: np.ndarray,
+    sample_rate: int,
+    lossless: bool,
+) -> None:
+    channels = audio.shape[0]
+    layout = "mono" if channels == 1 else "stereo"
+    if lossless:
+        data = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
+        packed = np.ascontiguousarray(data.T.reshape(1, -1))
+        frame = av.AudioFrame.from_ndarray(packed, format="s16", layout=layout)
+        frame.sample_rate = sample_rate
+        frame.pts = 0
+        container.mux(stream.encode(frame))
+    else:
+        chunk = stream.codec_context.frame_size or 1024
+        for start in range(0, audio.shape[1], chunk):
+            piece = np.ascontiguousarray(audio[:, start : start + chunk])
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=layout)
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            container.mux(stream.encode(frame))
+    container.mux(stream.encode())
+
+
+def random_frames(n: int, height: int = 24, width: int = 32, seed: int = 0) -> np.ndarray:
+    """(n, H, W, 3) uint8 noise frames; each frame differs, so frame identity is testable."""
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+def numbered_frames(n: int, height: int = 32, width: int = 32) -> np.ndarray:
+    """Flat frames whose grey level encodes the frame number (robust to lossy coding)."""
+    levels = np.linspace(8, 247, n).round().astype(np.uint8) if n > 1 else np.array([128], np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
+
+
+def tone(seconds: float, sample_rate: int = 16000, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
