@@ -110,6 +110,8 @@ def numbered_frames(n: int, height: int = 32, width: int = 32) -> np.ndarray:
     return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
 
 
-def tone(seconds: float, sample_rate: int = 16000, freq: float = 440.0, amp: float = 0.5) -> np.ndarray:
+def tone(
+    seconds: float, sample_rate: int = 16000, freq: float = 440.0, amp: float = 0.5
+) -> np.ndarray:
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
