@@ -1,0 +1,251 @@
+"""Encoders and heads: the shared contract, gradients, documented sizes, pooling options, factories."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from xdc.errors import ConfigError
+from xdc.models import (
+    AudioResNet18,
+    ClassifierHead,
+    FrameCNN,
+    R2Plus1D18,
+    build_audio_encoder,
+    build_video_encoder,
+)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def conv3d(model: nn.Module, key: str) -> nn.Conv3d:
+    module = model.get_submodule(key)
+    assert isinstance(module, nn.Conv3d)
+    return module
+
+
+# (name, encoder factory, input shape): narrow widths and tiny inputs keep these fast on CPU.
+ENCODER_CASES = [
+    ("r2plus1d_xdc_w8", lambda: R2Plus1D18(width=8), (2, 3, 4, 32, 32)),
+    ("r2plus1d_tv_w8", lambda: R2Plus1D18(mid_rule="torchvision", width=8), (2, 3, 4, 32, 32)),
+    ("frame2d_mean", lambda: FrameCNN(), (2, 3, 3, 32, 32)),
+    ("frame2d_max", lambda: FrameCNN(width=8, temporal_pool="max"), (2, 3, 3, 32, 32)),
+    ("audio_avg", lambda: AudioResNet18(width=8), (2, 1, 40, 100)),
+    ("audio_max", lambda: AudioResNet18(width=8, pool="max"), (2, 1, 40, 100)),
+    ("audio_avgmax", lambda: AudioResNet18(width=8, pool="avgmax"), (2, 1, 40, 100)),
+    ("audio_no_norm", lambda: AudioResNet18(width=8, input_norm=False), (2, 1, 40, 100)),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"), [case[1:] for case in ENCODER_CASES], ids=[c[0] for c in ENCODER_CASES]
+)
+def test_every_parameter_gets_a_gradient_and_output_is_batch_by_num_features(build, shape) -> None:
+    model = build()
+    model.train()
+    features = model(torch.randn(*shape))
+    assert features.shape == (shape[0], model.num_features)
+    # A random projection, so that no parameter's gradient cancels by symmetry of a plain sum.
+    (features * torch.randn_like(features)).sum().backward()
+    without_gradient = [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.grad is None or not torch.any(parameter.grad != 0)
+    ]
+    assert without_gradient == []
+
+
+def test_forward_is_forward_features() -> None:
+    for model in (R2Plus1D18(width=4), FrameCNN(width=4), AudioResNet18(width=4)):
+        assert type(model).forward is type(model).forward_features
+
+
+def test_num_features_scale_with_width() -> None:
+    assert R2Plus1D18().num_features == 512
+    assert R2Plus1D18(width=8).num_features == 64
+    assert FrameCNN().num_features == 128
+    assert AudioResNet18().num_features == 512
+    assert AudioResNet18(width=16).num_features == 128
+
+
+def test_r2plus1d_parameter_counts_match_both_conventions() -> None:
+    fc_400 = 512 * 400 + 400
+    xdc = R2Plus1D18(mid_rule="xdc")
+    torchvision_rule = R2Plus1D18(mid_rule="torchvision")
+    assert count_parameters(xdc) == 33_165_639
+    assert count_parameters(xdc) + fc_400 == 33_370_839
+    assert count_parameters(torchvision_rule) + fc_400 == 31_505_325
+
+
+def test_mid_channels_differ_only_in_conv2_of_first_block_of_stages_2_to_4() -> None:
+    xdc = R2Plus1D18(mid_rule="xdc")
+    torchvision_rule = R2Plus1D18(mid_rule="torchvision")
+
+    def mids(model: R2Plus1D18, key: str) -> int:
+        return conv3d(model, key).out_channels
+
+    first_conv2 = [f"layer{stage}.0.conv2.0.0" for stage in (2, 3, 4)]
+    assert [mids(xdc, key) for key in first_conv2] == [288, 576, 1152]
+    assert [mids(torchvision_rule, key) for key in first_conv2] == [230, 460, 921]
+    others = [
+        f"layer{stage}.{block}.{conv}.0.0"
+        for stage in (1, 2, 3, 4)
+        for block in (0, 1)
+        for conv in ("conv1", "conv2")
+        if f"layer{stage}.{block}.{conv}.0.0" not in first_conv2
+    ]
+    assert [mids(xdc, key) for key in others] == [mids(torchvision_rule, key) for key in others]
+
+
+def test_r2plus1d_initialisation_is_kaiming_fan_out_and_unit_batchnorm() -> None:
+    model = R2Plus1D18(width=16)
+    conv = conv3d(model, "layer4.0.conv1.0.0")
+    fan_out = conv.out_channels * math.prod(conv.kernel_size)
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm3d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+            assert module.eps == 1e-3 and module.momentum == 0.1
+        if isinstance(module, nn.Conv3d):
+            assert module.bias is None
+
+
+def test_r2plus1d_stem_halves_space_and_stages_2_to_4_halve_time_and_space() -> None:
+    model = R2Plus1D18(width=4).eval()
+    x = torch.randn(1, 3, 16, 64, 64)
+    for name in ("stem", "layer1", "layer2", "layer3", "layer4"):
+        x = model.get_submodule(name)(x)
+    stage4 = x
+    # stem halves space; stages 2-4 halve time and space.
+    assert stage4.shape == (1, 32, 2, 4, 4)
+
+
+def test_frame_cnn_size_is_near_242k_parameters() -> None:
+    assert abs(count_parameters(FrameCNN()) - 242_000) < 0.05 * 242_000
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 1, 16, 16), (2, 3, 5, 20, 24), (1, 3, 2, 112, 112)])
+def test_frame_cnn_takes_any_clip_length_and_small_frames(shape) -> None:
+    model = FrameCNN(width=8).eval()
+    assert model(torch.randn(*shape)).shape == (shape[0], 32)
+
+
+@pytest.mark.parametrize("temporal_pool", ["mean", "max"])
+def test_frame_cnn_pools_per_frame_features_over_time(temporal_pool) -> None:
+    model = FrameCNN(width=8, temporal_pool=temporal_pool).eval()
+    clip = torch.randn(2, 3, 4, 32, 32)
+    with torch.no_grad():
+        per_frame = torch.stack([model(clip[:, :, t : t + 1]) for t in range(4)], dim=1)
+        pooled = model(clip)
+    expected = per_frame.mean(dim=1) if temporal_pool == "mean" else per_frame.amax(dim=1)
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_audio_avgmax_is_the_sum_of_avg_and_max_with_the_same_weights() -> None:
+    models = {pool: AudioResNet18(width=8, pool=pool).eval() for pool in ("avg", "max", "avgmax")}
+    models["max"].load_state_dict(models["avg"].state_dict())
+    models["avgmax"].load_state_dict(models["avg"].state_dict())
+    spectrogram = torch.randn(3, 1, 40, 100)
+    with torch.no_grad():
+        out = {pool: model(spectrogram) for pool, model in models.items()}
+    assert not torch.allclose(out["avg"], out["max"])
+    torch.testing.assert_close(out["avgmax"], out["avg"] + out["max"])
+
+
+def test_audio_max_pool_keeps_a_short_event_that_average_pool_dilutes() -> None:
+    model = AudioResNet18(width=8, pool="max", input_norm=False).eval()
+    average = AudioResNet18(width=8, pool="avg", input_norm=False).eval()
+    average.load_state_dict(model.state_dict())
+    silence = torch.zeros(1, 1, 40, 400)
+    event = silence.clone()
+    event[..., 200:220] = 3.0  # a 0.2 s burst in a 4 s window
+    with torch.no_grad():
+        max_change = (model(event) - model(silence)).abs().max()
+        avg_change = (average(event) - average(silence)).abs().max()
+    assert max_change > 2 * avg_change
+
+
+def test_audio_input_norm_removes_per_band_offsets_in_training() -> None:
+    model = AudioResNet18(width=8, n_mels=16).train()
+    spectrogram = torch.randn(4, 1, 16, 48)
+    band_offset = torch.linspace(-5.0, 5.0, 16).view(1, 1, 16, 1)
+    torch.testing.assert_close(
+        model(spectrogram + band_offset), model(spectrogram), rtol=1e-4, atol=1e-4
+    )
+    without_norm = AudioResNet18(width=8, n_mels=16, input_norm=False).train()
+    assert not torch.allclose(without_norm(spectrogram + band_offset), without_norm(spectrogram))
+
+
+def test_audio_takes_inputs_as_small_as_16_bands_by_32_frames() -> None:
+    model = AudioResNet18(width=8, n_mels=16)
+    assert model.train()(torch.randn(2, 1, 16, 32)).shape == (2, 64)
+    assert model.eval()(torch.randn(1, 1, 16, 32)).shape == (1, 64)
+
+
+def test_audio_rejects_a_spectrogram_with_the_wrong_number_of_bands() -> None:
+    with pytest.raises(ValueError, match="40"):
+        AudioResNet18(width=8)(torch.randn(2, 1, 64, 100))
+
+
+@pytest.mark.parametrize(
+    ("build", "shape"), [case[1:] for case in ENCODER_CASES], ids=[c[0] for c in ENCODER_CASES]
+)
+def test_eval_mode_is_deterministic(build, shape) -> None:
+    model = build().eval()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_video_factory_builds_each_name_with_its_options() -> None:
+    model = build_video_encoder("r2plus1d_18", mid_rule="torchvision", width=8, bn_eps=1e-5)
+    assert isinstance(model, R2Plus1D18) and model.mid_rule == "torchvision"
+    assert model.num_features == 64 and model.stem[1].eps == 1e-5
+    frames = build_video_encoder("frame2d", width=8, temporal_pool="max")
+    assert isinstance(frames, FrameCNN) and frames.temporal_pool == "max"
+
+
+def test_audio_factory_builds_resnet18() -> None:
+    model = build_audio_encoder("resnet18", width=8, n_mels=64, pool="avgmax")
+    assert isinstance(model, AudioResNet18) and model.num_features == 64 and model.pool == "avgmax"
+
+
+def test_factories_reject_unknown_names_and_list_valid_ones() -> None:
+    with pytest.raises(ConfigError, match="r2plus1d_18") as video_error:
+        build_video_encoder("r3d_18")
+    assert "frame2d" in str(video_error.value)
+    with pytest.raises(ConfigError, match="resnet18"):
+        build_audio_encoder("vggish")
+    with pytest.raises(ConfigError, match="depth"):
+        build_video_encoder("r2plus1d_18", depth=34)
+
+
+def test_invalid_options_raise_config_errors() -> None:
+    with pytest.raises(ConfigError, match="mid_rule"):
+        R2Plus1D18(mid_rule="caffe2")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="pool"):
+        AudioResNet18(pool="mean")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="temporal_pool"):
+        FrameCNN(temporal_pool="attention")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="width"):
+        R2Plus1D18(width=0)
+
+
+def test_classifier_head_init_and_reset_follow_deepcluster() -> None:
+    head = ClassifierHead(512, 1000)
+    assert head(torch.randn(3, 512)).shape == (3, 1000)
+    assert head.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.all(head.bias == 0)
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+        head.bias.fill_(2.0)
+    head.reset_parameters()
+    assert head.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert head.weight.mean().abs().item() < 0.001
+    assert torch.all(head.bias == 0)
+    assert set(head.state_dict()) == {"weight", "bias"}

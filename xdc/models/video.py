@@ -1,0 +1,273 @@
+"""Video encoders: R(2+1)D-18 (both mid-channel conventions, any width) and a per-frame 2D CNN.
+
+Both follow the encoder contract: ``forward_features(x) -> (B, D)``, ``num_features == D``,
+``forward is forward_features``; no classifier inside (heads live in :mod:`xdc.models.heads`).
+Input: a normalised clip of shape (B, 3, T, H, W).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor, nn
+
+from xdc.errors import ConfigError
+
+MidRule = Literal["xdc", "torchvision"]
+MID_RULES: tuple[str, ...] = ("xdc", "torchvision")
+
+
+def mid_channels(in_planes: int, out_planes: int) -> int:
+    """Channels between the spatial and temporal conv of a (2+1)D conv.
+
+    Chosen so that the factorised conv has about as many parameters as a full 3x3x3 conv:
+    ``(in * out * 27) // (in * 9 + 3 * out)``.
+    """
+    return (in_planes * out_planes * 27) // (in_planes * 9 + 3 * out_planes)
+
+
+class Conv2Plus1D(nn.Sequential):
+    """(1,3,3) spatial conv -> BN -> ReLU -> (3,1,1) temporal conv; no biases.
+
+    Submodule indices 0, 1, 3 match VideoResNet's state-dict keys (2 is the ReLU).
+    Shapes: (B, in_planes, T, H, W) -> (B, out_planes, T/stride, H/stride, W/stride).
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        mid_planes: int,
+        stride: int = 1,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        super().__init__(
+            nn.Conv3d(
+                in_planes,
+                mid_planes,
+                kernel_size=(1, 3, 3),
+                stride=(1, stride, stride),
+                padding=(0, 1, 1),
+                bias=False,
+            ),
+            nn.BatchNorm3d(mid_planes, eps=bn_eps, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(
+                mid_planes,
+                out_planes,
+                kernel_size=(3, 1, 1),
+                stride=(stride, 1, 1),
+                padding=(1, 0, 0),
+                bias=False,
+            ),
+        )
+
+
+class BasicBlock2Plus1D(nn.Module):
+    """Residual block of two (2+1)D convs; keys ``conv1.{0,1}``, ``conv2.{0,1}``, ``downsample.{0,1}``.
+
+    ``mid_rule="xdc"`` recomputes the mid channels for conv2 from (planes, planes), as the released
+    XDC weights and VMZ do; ``"torchvision"`` reuses conv1's (in_planes, planes) value, as
+    torchvision's ``r2plus1d_18`` does. The two differ only when in_planes != planes.
+    """
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        mid_rule: MidRule,
+        bn_eps: float,
+        bn_momentum: float,
+    ) -> None:
+        super().__init__()
+        mid1 = mid_channels(in_planes, planes)
+        mid2 = mid_channels(planes, planes) if mid_rule == "xdc" else mid1
+        self.conv1 = nn.Sequential(
+            Conv2Plus1D(in_planes, planes, mid1, stride, bn_eps, bn_momentum),
+            nn.BatchNorm3d(planes, eps=bn_eps, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+        )
+        self.conv2 = nn.Sequential(
+            Conv2Plus1D(planes, planes, mid2, 1, bn_eps, bn_momentum),
+            nn.BatchNorm3d(planes, eps=bn_eps, momentum=bn_momentum),
+        )
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv3d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+                nn.BatchNorm3d(planes, eps=bn_eps, momentum=bn_momentum),
+            )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, in_planes, T, H, W) -> (B, planes, T/stride, H/stride, W/stride)."""
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(self.conv2(self.conv1(x)) + shortcut)
+
+
+class R2Plus1D18(nn.Module):
+    """R(2+1)D-18 video encoder with VideoResNet's state-dict layout (without ``fc``).
+
+    Args:
+        mid_rule: ``"xdc"`` (released XDC weights, VMZ: 33,165,639 parameters at width 64) or
+            ``"torchvision"`` (torchvision's ``r2plus1d_18``: 31,300,125).
+        width: channels of stage 1; stages have width x (1, 2, 4, 8); 64 is the standard net.
+            The stem's 45 mid channels scale as ``max(1, 45 * width // 64)``.
+        bn_eps: BatchNorm epsilon (1e-3 in the XDC release, 1e-5 in torchvision).
+        bn_momentum: PyTorch BatchNorm momentum (0.1 is Caffe2's 0.9).
+
+    ``forward_features``: (B, 3, T, H, W) -> (B, 8 * width), global average pool of stage 4.
+    """
+
+    def __init__(
+        self,
+        mid_rule: MidRule = "xdc",
+        width: int = 64,
+        bn_eps: float = 1e-3,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if mid_rule not in MID_RULES:
+            raise ConfigError(f"mid_rule must be one of {list(MID_RULES)}, got {mid_rule!r}")
+        if width < 1:
+            raise ConfigError(f"width must be >= 1, got {width}")
+        self.mid_rule = mid_rule
+        self.width = width
+        stem_mid = max(1, 45 * width // 64)
+        self.stem = nn.Sequential(
+            nn.Conv3d(3, stem_mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.BatchNorm3d(stem_mid, eps=bn_eps, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(stem_mid, width, (3, 1, 1), stride=1, padding=(1, 0, 0), bias=False),
+            nn.BatchNorm3d(width, eps=bn_eps, momentum=bn_momentum),
+            nn.ReLU(inplace=True),
+        )
+        stage_planes = [width, 2 * width, 4 * width, 8 * width]
+        in_planes = width
+        for index, planes in enumerate(stage_planes):
+            stride = 1 if index == 0 else 2
+            blocks = [
+                BasicBlock2Plus1D(in_planes, planes, stride, mid_rule, bn_eps, bn_momentum),
+                BasicBlock2Plus1D(planes, planes, 1, mid_rule, bn_eps, bn_momentum),
+            ]
+            self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
+            in_planes = planes
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.num_features: int = stage_planes[-1]
+        init_conv_bn_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, T, H, W) normalised clip -> (B, num_features) pooled features."""
+        if x.dim() != 5:
+            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+        x = self.stem(x)
+        for name in ("layer1", "layer2", "layer3", "layer4"):
+            x = getattr(self, name)(x)
+        return self.pool(x).flatten(1)
+
+    forward = forward_features
+
+
+class FrameCNN(nn.Module):
+    """A small 2D CNN applied to every frame, pooled over space then time.
+
+    Meant for small-data presets: with few clips a per-frame 2D net trained on a couple of random
+    frames per clip generalises where a (2+1)D net memorises. Layout at width w (all 3x3 convs
+    with BN and ReLU): conv 3->w stride 2, max-pool 3 stride 2, conv w->2w stride 2,
+    conv 2w->4w stride 2, then a residual conv 4w->4w. About 241k parameters at w=32.
+
+    Args:
+        width: channels of the first conv; features are 4 * width.
+        temporal_pool: how per-frame features are combined over time: ``"mean"`` or ``"max"``.
+
+    ``forward_features``: (B, 3, T, H, W), any T >= 1 and H, W >= 16 -> (B, 4 * width).
+    """
+
+    def __init__(self, width: int = 32, temporal_pool: Literal["mean", "max"] = "mean") -> None:
+        super().__init__()
+        if width < 1:
+            raise ConfigError(f"width must be >= 1, got {width}")
+        if temporal_pool not in ("mean", "max"):
+            raise ConfigError(f"temporal_pool must be 'mean' or 'max', got {temporal_pool!r}")
+        self.temporal_pool = temporal_pool
+        self.features = nn.Sequential(
+            _conv_bn_relu(3, width, stride=2),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            _conv_bn_relu(width, 2 * width, stride=2),
+            _conv_bn_relu(2 * width, 4 * width, stride=2),
+        )
+        # One residual conv at the coarsest scale widens the receptive field at little cost.
+        self.refine = nn.Sequential(
+            nn.Conv2d(4 * width, 4 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4 * width),
+        )
+        self.relu = nn.ReLU(inplace=True)
+        self.num_features: int = 4 * width
+        init_conv_bn_weights(self)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, T, H, W) normalised clip -> (B, num_features)."""
+        if x.dim() != 5:
+            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+        batch, channels, frames, height, width = x.shape
+        per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        maps = self.features(per_frame)
+        maps = self.relu(maps + self.refine(maps))
+        frame_features = maps.mean(dim=(2, 3)).view(batch, frames, -1)
+        if self.temporal_pool == "max":
+            return frame_features.amax(dim=1)
+        return frame_features.mean(dim=1)
+
+    forward = forward_features
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def init_conv_bn_weights(model: nn.Module) -> None:
+    """Kaiming-normal (fan_out, ReLU) convs; BatchNorm weight 1, bias 0 (the usual ResNet init)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+VIDEO_ENCODERS: dict[str, type[nn.Module]] = {"r2plus1d_18": R2Plus1D18, "frame2d": FrameCNN}
+
+
+def build_video_encoder(name: str, **kwargs: object) -> R2Plus1D18 | FrameCNN:
+    """Build a video encoder by name: ``"r2plus1d_18"`` or ``"frame2d"``.
+
+    Keyword arguments go to the class (e.g. ``mid_rule``, ``width``, ``bn_eps``).
+    Raises ConfigError for an unknown name or keyword.
+    """
+    if name not in VIDEO_ENCODERS:
+        raise ConfigError(
+            f"unknown video encoder {name!r}; valid names: {sorted(VIDEO_ENCODERS)} (--video-encoder)"
+        )
+    try:
+        return VIDEO_ENCODERS[name](**kwargs)  # type: ignore[return-value]
+    except TypeError as exc:
+        raise ConfigError(f"video encoder {name!r}: {exc}") from exc
+
+
+__all__ = [
+    "MID_RULES",
+    "BasicBlock2Plus1D",
+    "Conv2Plus1D",
+    "FrameCNN",
+    "MidRule",
+    "R2Plus1D18",
+    "build_video_encoder",
+    "mid_channels",
+    "init_conv_bn_weights",
+]
