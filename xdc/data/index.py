@@ -1,0 +1,378 @@
+"""Index video files into a manifest: ``xdc index SOURCE -o manifest.csv``.
+
+SOURCE is a folder (scanned recursively; label = the parent folder's name, the UCF101/ImageFolder
+convention) or a CSV with a ``path`` column (``label``, ``split`` and any other column are kept).
+Every file is probed (``xdc.data.probe.probe_file``: open, read the stream info, decode the first
+video frame, check that the video data reaches the declared end) in a process pool. Usable files go
+to the manifest; the others go to ``rejected.csv`` next to it with one reason of
+``REJECTION_REASONS`` (missing, unreadable, empty file, not a media file, corrupt, truncated, no
+video stream, undecodable video, zero duration: ``xdc.data.probe`` says what each means).
+
+Files without audio are kept (``has_audio`` 0, ``sample_rate`` and ``audio_channels`` 0).
+Re-runs re-use probes (kept and rejected) from ``<manifest>.probe-cache.json`` for files whose
+size and mtime_ns did not change; "missing" and "unreadable" are checked again every run (a chmod
+does not change mtime). ``--splits-dir`` fills ``split`` (and ``split_1``… for every official
+split present) from UCF101 or HMDB51 split files (``xdc.data.splits``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from xdc.data.manifest import MANIFEST_COLUMNS, write_manifest
+from xdc.data.probe import MISSING, REJECTION_REASONS, UNREADABLE, ProbeResult, probe_file
+from xdc.data.splits import apply_official_splits, load_official_splits, read_official_splits
+from xdc.errors import DataError
+
+__all__ = [
+    "REJECTION_REASONS",
+    "VIDEO_EXTENSIONS",
+    "IndexResult",
+    "ProbeResult",
+    "index_source",
+    "probe_file",
+    "read_official_splits",
+]
+
+VIDEO_EXTENSIONS: frozenset[str] = frozenset(
+    [
+        ".mp4",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".mov",
+        ".m4v",
+        ".mpg",
+        ".mpeg",
+        ".flv",
+        ".ogv",
+        ".3gp",
+        ".ts",
+        ".wmv",
+    ]
+)
+"""Suffixes (lower case, with the dot) that a folder scan picks up."""
+
+_CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: a folder of videos or a CSV listing them.
+
+
+@dataclass
+class _Entry:
+    """One video to index: its absolute path and the columns the source gave it."""
+
+    path: str  # empty when the CSV row has none
+    columns: dict[str, str]  # label, split and the CSV's other columns
+    problem: str = ""  # why a CSV row names no file
+
+
+def _read_source(source: Path) -> tuple[list[_Entry], list[str]]:
+    """(entries, extra column names) of a folder or a CSV source."""
+    if source.is_dir():
+        return _scan_folder(source), []
+    if source.is_file() and source.suffix.lower() == ".csv":
+        return _read_source_csv(source)
+    if source.exists():
+        raise DataError(
+            f"{source}: not a folder or a .csv file; pass a folder of videos or a CSV "
+            "with a 'path' column"
+        )
+    raise DataError(f"{source}: not found; pass a folder of videos or a CSV with a 'path' column")
+
+
+def _scan_folder(source: Path) -> list[_Entry]:
+    """Video files under ``source`` (hidden files and folders skipped), in a stable order."""
+    entries = []
+    root = os.path.abspath(source)
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        label = "" if folder == root else os.path.basename(folder)
+        for name in sorted(files):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+                entries.append(_Entry(os.path.join(folder, name), {"label": label, "split": ""}))
+    return entries
+
+
+def _read_source_csv(source: Path) -> tuple[list[_Entry], list[str]]:
+    with source.open(newline="", encoding="utf-8-sig") as fh:  # -sig: spreadsheets add a BOM
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "path" not in columns:
+            raise DataError(
+                f"{source}: no 'path' column (columns: {columns}); add a header row "
+                "with a 'path' column of video paths, relative to the CSV's folder"
+            )
+        # Cells beyond the header (key None) belong to no column: drop them.
+        rows = [
+            {k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader
+        ]
+    extras = [c for c in columns if c not in MANIFEST_COLUMNS]
+    folder = source.parent.absolute()
+    entries = []
+    for line, row in enumerate(rows, 2):
+        path = Path(row["path"]).expanduser() if row.get("path") else None
+        absolute = os.path.abspath(folder / path) if path else ""
+        kept = {c: row.get(c, "") for c in ("label", "split", *extras)}
+        problem = "" if path else f"line {line} of {source} has an empty 'path'"
+        entries.append(_Entry(absolute, kept, problem))
+    return entries, extras
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe cache next to the manifest.
+
+
+class _ProbeCache:
+    """Probe results of earlier runs, keyed by absolute path, valid while size and mtime_ns hold."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.note = ""
+        self.entries: dict[str, dict] = {}
+        if not path.is_file():
+            return
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("version") != _CACHE_VERSION:
+                raise ValueError(f"version {data.get('version')!r}, expected {_CACHE_VERSION}")
+            self.entries = dict(data["files"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            # The cache only saves time: say that it was not used, and probe everything again.
+            self.note = f"probe cache {path} not used ({error}); probed every file again"
+
+    def get(self, path: str, stat: os.stat_result) -> ProbeResult | None:
+        entry = self.entries.get(path)
+        if (
+            not entry
+            or entry.get("size") != stat.st_size
+            or entry.get("mtime_ns") != stat.st_mtime_ns
+        ):
+            return None
+        try:
+            return ProbeResult(path=path, **entry["probe"])
+        except (KeyError, TypeError):  # written by another version: probe again
+            return None
+
+    def save(self, results: dict[str, tuple[ProbeResult, os.stat_result | None]]) -> None:
+        """Write the entries of ``results`` (only files still present), atomically."""
+        files = {}
+        for path, (result, stat) in results.items():
+            if stat is not None and result.reason not in (MISSING, UNREADABLE):
+                probe = {k: v for k, v in asdict(result).items() if k != "path"}
+                files[path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "probe": probe}
+        text = json.dumps({"version": _CACHE_VERSION, "files": files}, indent=0, sort_keys=True)
+        _write_atomically(self.path, text)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing every file, in a pool.
+
+
+def _probe_all(
+    paths: list[str], cache: _ProbeCache, workers: int, progress: bool
+) -> tuple[dict[str, tuple[ProbeResult, os.stat_result | None]], int]:
+    """{path: (result, stat before probing)} of every path, and how many came from the cache.
+
+    The cache is saved even when probing stops half-way (an error, Ctrl-C), so a re-run resumes.
+    """
+    results: dict[str, tuple[ProbeResult, os.stat_result | None]] = {}
+    stats: dict[str, os.stat_result | None] = {}
+    for path in dict.fromkeys(paths):
+        try:
+            stat: os.stat_result | None = os.stat(path)
+        except OSError:  # missing or unreadable: probe_file names the reason
+            stat = None
+        stats[path] = stat
+        cached = cache.get(path, stat) if stat is not None else None
+        if cached is not None:
+            results[path] = (cached, stat)
+    reused = len(results)
+    todo = [p for p in stats if p not in results]
+    try:
+        for result in _run_probes(todo, workers, progress):
+            results[result.path] = (result, stats[result.path])
+    finally:
+        cache.save(results)
+    return results, reused
+
+
+def _run_probes(paths: list[str], workers: int, progress: bool) -> Iterator[ProbeResult]:
+    with tqdm(total=len(paths), desc="probing", unit="file", disable=not progress) as bar:
+        if workers <= 1 or len(paths) <= 1:
+            for path in paths:
+                yield probe_file(path)
+                bar.update()
+            return
+        workers = min(workers, len(paths))
+        chunk = max(1, min(16, len(paths) // (workers * 8)))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for result in pool.map(probe_file, paths, chunksize=chunk):
+                yield result
+                bar.update()
+
+
+# ---------------------------------------------------------------------------------------------
+# Indexing: source -> probe -> manifest + rejected.csv.
+
+
+@dataclass
+class IndexResult:
+    """What ``index_source`` wrote and counted."""
+
+    manifest_path: Path
+    rejected_path: Path
+    kept: int
+    rejected_by_reason: dict[str, int]
+    without_audio: int  # kept files that have no audio track
+    reused_from_cache: int  # files whose probe came from the cache (unchanged size and mtime)
+    probed: int = 0  # files probed in this run
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    def summary(self) -> str:
+        """A few lines for a person: counts, reasons, where the files are."""
+        reasons = sorted(self.rejected_by_reason.items(), key=lambda item: (-item[1], item[0]))
+        by_reason = ", ".join(f"{reason}: {n}" for reason, n in reasons)
+        lines = [
+            f"kept {self.kept}, rejected {self.rejected}"
+            + (f" ({by_reason})" if by_reason else "")
+            + f", without audio {self.without_audio}",
+            f"re-used {self.reused_from_cache} probes from the cache, probed {self.probed} files",
+        ]
+        if self.kept == 0:
+            why = (
+                f"see {self.rejected_path} for why"
+                if self.rejected
+                else "no video files were found"
+            )
+            lines.append(f"nothing kept: the manifest has no rows; {why}")
+        lines += self.notes
+        lines.append(f"manifest: {self.manifest_path}")
+        lines.append(f"rejected: {self.rejected_path}")
+        return "\n".join(lines)
+
+
+def index_source(
+    source: str | Path,
+    output: str | Path,
+    splits_dir: str | Path | None = None,
+    split_number: int = 1,
+    workers: int | None = None,
+    progress: bool = True,
+) -> IndexResult:
+    """Probe every video of ``source`` and write the manifest ``output`` and ``rejected.csv``.
+
+    Args:
+        source: a folder of videos (label = parent folder name) or a CSV with a ``path`` column.
+        output: the manifest to write; ``rejected.csv`` and the probe cache go next to it.
+        splits_dir: a folder of UCF101 or HMDB51 split files (see ``read_official_splits``).
+        split_number: which official split fills the ``split`` column.
+        workers: probing processes (default ``os.cpu_count()``; 1 probes in this process).
+        progress: show a progress bar.
+    """
+    source, output = Path(source), Path(output)
+    entries, extra_columns = _read_source(source)
+    official = None if splits_dir is None else load_official_splits(splits_dir, split_number)
+    _check_writable(output)
+    cache = _ProbeCache(Path(f"{output}.probe-cache.json"))
+    paths = [e.path for e in entries if e.path]
+    results, reused = _probe_all(paths, cache, workers or os.cpu_count() or 1, progress)
+    kept, kept_paths, rejected = _sort_rows(entries, results, os.path.abspath(output.parent))
+    notes = [cache.note] if cache.note else []
+    if official is not None:
+        split_columns, note = apply_official_splits(kept, kept_paths, official, split_number, paths)
+        extra_columns = [c for c in extra_columns if c not in split_columns] + split_columns
+        notes.append(note)
+    write_manifest(kept, output, extra_columns)
+    rejected_path = _write_rejected(rejected, output.parent / "rejected.csv")
+    return IndexResult(
+        manifest_path=output,
+        rejected_path=rejected_path,
+        kept=len(kept),
+        rejected_by_reason=dict(Counter(str(r["reason"]) for r in rejected)),
+        without_audio=sum(1 for row in kept if not row["has_audio"]),
+        reused_from_cache=reused,
+        probed=len(results) - reused,
+        notes=notes,
+    )
+
+
+def _sort_rows(
+    entries: list[_Entry], results: dict[str, tuple[ProbeResult, os.stat_result | None]], root: str
+) -> tuple[list[dict[str, object]], list[str], list[dict[str, object]]]:
+    """(manifest rows, their absolute paths, rejected rows), in the source's order."""
+    kept: list[dict[str, object]] = []
+    kept_paths: list[str] = []
+    rejected: list[dict[str, object]] = []
+    for entry in entries:
+        result = results[entry.path][0] if entry.path else ProbeResult("", MISSING, entry.problem)
+        shown = _manifest_path(entry.path, root) if entry.path else ""
+        if result.ok:
+            kept.append({**entry.columns, "path": shown, **result.columns()})
+            kept_paths.append(entry.path)
+        else:
+            rejected.append({"path": shown, "reason": result.reason, "detail": result.detail})
+    return kept, kept_paths, rejected
+
+
+def _check_writable(output: Path) -> None:
+    """Fail before probing (which may take hours), not after, when the output cannot be written."""
+    if output.is_dir():
+        raise DataError(
+            f"{output}: is a folder; pass -o with a file name, e.g. {output / 'manifest.csv'}"
+        )
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise DataError(
+            f"{folder}: cannot write the manifest there ({error.strerror or error}); "
+            "pass -o with a path in a writable folder"
+        ) from None
+
+
+def _manifest_path(path: str, root: str) -> str:
+    """``path`` relative to the manifest's folder, or absolute when on another drive (Windows)."""
+    try:
+        return Path(os.path.relpath(path, root)).as_posix()
+    except ValueError:
+        return path
+
+
+def _write_rejected(rows: list[dict[str, object]], path: Path) -> Path:
+    lines: list[list[str]] = [["path", "reason", "detail"]]
+    lines += [[str(r["path"]), str(r["reason"]), str(r["detail"])] for r in rows]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(lines)
+    _write_atomically(path, buffer.getvalue())
+    return path

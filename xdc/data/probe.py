@@ -1,0 +1,385 @@
+"""Probe one video file: its stream info, or the reason it cannot be used.
+
+``probe_file`` opens the file, reads the stream info, decodes the first video frame and checks that
+the video data reaches the declared end. A file it rejects gets one reason of ``REJECTION_REASONS``:
+
+- ``missing``: listed in the CSV (or a broken link) but not on disk.
+- ``unreadable``: the operating system refuses to read it (permission, I/O error, a directory).
+- ``empty file``: 0 bytes.
+- ``not a media file``: FFmpeg cannot open it and it starts like no container we know.
+- ``corrupt``: it starts like a known container but FFmpeg cannot parse its headers.
+- ``truncated``: the data stops early: an MP4 whose boxes run past the end of the file (moov at
+  the end: the index is lost), a file that ends inside its headers, or video packets that stop
+  well before the duration (or, for AVI and MP4, the frame count) the header declares (moov at the
+  start, Matroska, AVI, FLV). MPEG-TS/PS have no such header: FFmpeg measures their duration from
+  the data, so a cut one reads as a shorter, consistent file and is kept with its real duration.
+- ``no video stream``: audio only (a cover picture does not count as video).
+- ``undecodable video``: a video stream with packets, none of which decodes to a frame.
+- ``zero duration``: a video stream that declares no time span (a single untimed still).
+
+Files without audio are usable (``has_audio`` False, ``sample_rate`` and ``audio_channels`` 0).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+from xdc.data.manifest import PROBE_COLUMNS
+
+__all__ = ["REJECTION_REASONS", "ProbeResult", "probe_file"]
+
+MISSING, UNREADABLE, EMPTY_FILE = "missing", "unreadable", "empty file"
+NOT_MEDIA, CORRUPT, TRUNCATED = "not a media file", "corrupt", "truncated"
+NO_VIDEO, UNDECODABLE, ZERO_DURATION = "no video stream", "undecodable video", "zero duration"
+REJECTION_REASONS = (
+    MISSING,
+    UNREADABLE,
+    EMPTY_FILE,
+    NOT_MEDIA,
+    CORRUPT,
+    TRUNCATED,
+    NO_VIDEO,
+    UNDECODABLE,
+    ZERO_DURATION,
+)
+
+# Give up looking for a first frame after this many video packets: a keyframe interval of 250 is
+# x264's default, so a healthy stream that starts mid-GOP still shows a frame well before this.
+_FIRST_FRAME_PACKET_LIMIT = 300
+# The video data may end this much before the declared duration without calling the file truncated:
+# declared durations are rounded, shifted by edit lists or, in some containers, estimated.
+_END_SLACK_SEC, _END_SLACK_FRAMES, _END_SLACK_FRACTION = 0.25, 3, 0.01
+
+
+@dataclass
+class ProbeResult:
+    """What probing one file found: the manifest's probe columns, or why the file is rejected."""
+
+    path: str
+    reason: str = ""  # one of REJECTION_REASONS; empty when the file is usable
+    detail: str = ""  # what exactly was wrong, for a person reading rejected.csv
+    duration_sec: float = 0.0
+    fps: float = 0.0  # 0 when neither the container nor the stream says
+    width: int = 0
+    height: int = 0
+    has_audio: bool = False
+    sample_rate: int = 0
+    audio_channels: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.reason
+
+    def columns(self) -> dict[str, object]:
+        """The manifest's probe columns (``PROBE_COLUMNS``) of this file."""
+        return {name: getattr(self, name) for name in PROBE_COLUMNS}
+
+
+def probe_file(path: str | Path) -> ProbeResult:
+    """Probe one file cheaply but honestly. Never raises for a bad media file: the result says why.
+
+    Opens it, reads the stream info, decodes the first video frame and checks that the video
+    packets reach the duration the header declares (a seek near the end, or one pass over the
+    packets without decoding when seeking finds nothing).
+    """
+    name = str(path)
+    try:
+        size = os.stat(name).st_size
+        with open(name, "rb") as fh:  # our own read: FFmpeg reports a short file as EIO too
+            head = fh.read(192)
+    except FileNotFoundError:
+        broken = " (a broken symbolic link)" if os.path.islink(name) else ""
+        return ProbeResult(name, MISSING, f"no such file{broken}")
+    except OSError as error:  # permission denied, I/O error, a directory
+        return ProbeResult(name, UNREADABLE, error.strerror or str(error))
+    if not head:
+        return ProbeResult(name, EMPTY_FILE, "0 bytes")
+    try:
+        container = av.open(name, metadata_errors="replace")
+    except av.FFmpegError as error:
+        return ProbeResult(name, *_explain_open_failure(name, head, size, error))
+    with container:
+        return _probe_container(name, container)
+
+
+def _probe_container(name: str, container: av.container.InputContainer) -> ProbeResult:
+    video = next((s for s in container.streams.video if not _is_cover_picture(s)), None)
+    if video is None:
+        found = [f"{s.type} ({s.codec_context.name})" for s in container.streams if s.codec_context]
+        return ProbeResult(name, NO_VIDEO, f"streams found: {', '.join(found) or 'none'}")
+    if video.codec_context is None:
+        return ProbeResult(
+            name, UNDECODABLE, "this FFmpeg build has no decoder for its video codec"
+        )
+    video.codec_context.thread_count = 1  # one file per process: decoder threads only add start-up
+    declared, declared_by = _declared_duration(container, video)
+    frame, packets, error = _decode_first_frame(container, video)
+    if frame is None and packets == 0:
+        if declared:
+            detail = f"the header declares {declared:.3f} s but no video packet can be read"
+            return ProbeResult(name, TRUNCATED, _with_cause(detail, error))
+        return ProbeResult(name, ZERO_DURATION, "the video stream holds no frames")
+    if frame is None:
+        detail = f"none of the first {packets} video packets decodes to a frame"
+        return ProbeResult(name, UNDECODABLE, _with_cause(detail, error))
+    fps = _frame_rate(video, declared)
+    data_end, shortfall = _data_end_and_shortfall(
+        name, container, video, declared, declared_by, fps
+    )
+    if shortfall:
+        return ProbeResult(name, TRUNCATED, shortfall)
+    duration = declared or data_end or 0.0
+    if duration <= 0:
+        return ProbeResult(
+            name, ZERO_DURATION, "the video stream spans 0 s (a single untimed frame?)"
+        )
+    audio = next((s for s in container.streams.audio if s.codec_context is not None), None)
+    has_audio = bool(audio and audio.codec_context.sample_rate and audio.codec_context.channels)
+    return ProbeResult(
+        name,
+        duration_sec=duration,
+        fps=fps or _frame_rate(video, duration),
+        width=frame.width,
+        height=frame.height,
+        has_audio=has_audio,
+        sample_rate=audio.codec_context.sample_rate if audio and has_audio else 0,
+        audio_channels=audio.codec_context.channels if audio and has_audio else 0,
+    )
+
+
+def _is_cover_picture(stream: av.stream.Stream) -> bool:
+    return bool(stream.disposition & av.stream.Disposition.attached_pic)
+
+
+def _declared_duration(
+    container: av.container.InputContainer, video: av.stream.Stream
+) -> tuple[float, str]:
+    """Seconds the header declares for the video (0.0 when it declares nothing) and who says so.
+
+    The video stream's own duration first (Matroska keeps it in a ``DURATION`` tag), then the
+    container's, which may include a longer audio track.
+    """
+    if video.duration and video.time_base:
+        return float(video.duration * video.time_base), "video"
+    tag = video.metadata.get("DURATION") or video.metadata.get("duration") or ""
+    hours, _, rest = tag.rpartition(":")
+    hours, _, minutes = hours.rpartition(":")
+    try:
+        seconds = float(hours or 0) * 3600 + float(minutes or 0) * 60 + float(rest)
+    except ValueError:  # no tag, or one we cannot read: the container's duration decides
+        seconds = 0.0
+    if seconds > 0:
+        return seconds, "video"
+    if container.duration and container.duration > 0:
+        return container.duration / av.time_base, "container"
+    return 0.0, "nobody"
+
+
+def _decode_first_frame(
+    container: av.container.InputContainer, video: av.stream.Stream
+) -> tuple[av.VideoFrame | None, int, str]:
+    """(first decoded frame or None, video packets read, last FFmpeg error message)."""
+    packets, error = 0, ""
+    try:
+        for packet in _demux(container, video):
+            packets += 1 if packet.size else 0  # the last, empty packet only flushes the decoder
+            try:
+                frames = [f for f in packet.decode() if isinstance(f, av.VideoFrame)]
+            except av.FFmpegError as failure:  # a damaged packet: try the next one
+                error, frames = _message(failure), []
+            if frames:
+                return frames[0], packets, ""
+            if packets >= _FIRST_FRAME_PACKET_LIMIT:
+                break
+    except (av.FFmpegError, _UnannouncedStream) as failure:  # the data ends or is damaged
+        error = _message(failure)
+    return None, packets, error
+
+
+def _data_end_and_shortfall(
+    name: str,
+    container: av.container.InputContainer,
+    video: av.stream.Stream,
+    declared: float,
+    declared_by: str,
+    fps: float,
+) -> tuple[float | None, str]:
+    """(seconds of video data found, why the data falls short of the header's claim or "")."""
+    # Frame counts in the header (AVI, MP4) are a claim too: for a cut AVI, FFmpeg re-indexes
+    # what is left and reports a shorter stream duration, but the header still counts every frame.
+    counted = video.frames / fps if video.frames and fps else 0.0
+    claimed = max(declared, counted)
+    data_end, error = _video_data_end(name, container, video, claimed, declared_by == "container")
+    if not claimed or data_end is None:
+        return data_end, ""
+    slack = max(
+        _END_SLACK_SEC, _END_SLACK_FRAMES / fps if fps else 0.0, _END_SLACK_FRACTION * claimed
+    )
+    if claimed - data_end <= slack:
+        return data_end, ""
+    claim = "its header declares"
+    if counted > declared:
+        claim = f"its header's {video.frames} frames at {fps:g} fps span"
+    detail = f"video data ends at {data_end:.3f} s of the {claimed:.3f} s {claim}"
+    return data_end, _with_cause(detail, error)
+
+
+def _video_data_end(
+    name: str,
+    container: av.container.InputContainer,
+    video: av.stream.Stream,
+    declared: float,
+    include_audio: bool,
+) -> tuple[float | None, str]:
+    """Seconds from the stream's start to the end of its last readable packet, and any error.
+
+    Seeks to a second before the declared end and reads packets (no decoding) to the end of the
+    file. When the header declares no duration, or the seek finds no packet (an MP4 cut after
+    its index: the index points past the end of the file), reads every packet from the start.
+    When the declared duration is the container's, audio packets count too (the audio may be the
+    longer track).
+    """
+    start = float((video.start_time or 0) * video.time_base) if video.time_base else 0.0
+    if declared and video.time_base:
+        target = start + max(0.0, declared - 1.0)
+        try:
+            container.seek(int(target / video.time_base), stream=video, backward=True)
+            end, error = _last_packet_end(container, video, start, include_audio)
+        except av.FFmpegError as failure:  # no index to seek with: the full pass below decides
+            end, error = None, _message(failure)
+        if end is not None:
+            return end, error
+    try:
+        with av.open(name, metadata_errors="replace") as again:
+            return _last_packet_end(again, again.streams[video.index], start, include_audio)
+    except av.FFmpegError as failure:  # it opened a moment ago: the file changed under us
+        return None, _message(failure)
+
+
+def _last_packet_end(
+    container: av.container.InputContainer,
+    video: av.stream.Stream,
+    start: float,
+    include_audio: bool,
+) -> tuple[float | None, str]:
+    streams = [video, *container.streams.audio] if include_audio else [video]
+    end: float | None = None
+    try:
+        for packet in _demux(container, *streams):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None or not packet.size or packet.is_corrupt or not packet.time_base:
+                continue  # flush packets, and a last packet cut short, say nothing about the end
+            stop = float((stamp + (packet.duration or 0)) * packet.time_base) - start
+            end = stop if end is None else max(end, stop)
+    except (av.FFmpegError, _UnannouncedStream) as failure:  # the data stops here
+        return end, _message(failure)
+    return end, ""
+
+
+class _UnannouncedStream(Exception):
+    """A damaged file announces a new stream mid-way (seen with FLV); PyAV cannot follow it."""
+
+
+def _demux(
+    container: av.container.InputContainer, *streams: av.stream.Stream
+) -> Iterator[av.Packet]:
+    try:
+        yield from container.demux(*streams)
+    except IndexError as error:  # PyAV's stream list lacks the new stream's index
+        raise _UnannouncedStream(
+            "a stream appears mid-file that the header did not announce"
+        ) from error
+
+
+def _frame_rate(video: av.stream.Stream, duration: float) -> float:
+    """The stream's average frame rate, else FFmpeg's guess, else frames / duration (0 if none)."""
+    for rate in (video.average_rate, video.guessed_rate):
+        if rate:
+            return float(rate)
+    return video.frames / duration if video.frames and duration else 0.0
+
+
+def _explain_open_failure(
+    name: str, head: bytes, size: int, error: av.FFmpegError
+) -> tuple[str, str]:
+    """(reason, detail) for a file FFmpeg could not open."""
+    message = _message(error)
+    if isinstance(error, PermissionError):
+        return UNREADABLE, message
+    kind = _container_kind(head)
+    if kind is None:
+        return NOT_MEDIA, f"FFmpeg cannot open it and it starts like no known container ({message})"
+    if kind == "MP4/MOV":
+        shortfall = _iso_box_shortfall(name, size)
+        if shortfall:
+            return TRUNCATED, f"{kind}: {shortfall}"
+    if isinstance(error, EOFError) or getattr(error, "errno", None) == errno.EIO:
+        return TRUNCATED, f"{kind}: the file ends inside its headers ({message})"
+    return CORRUPT, f"{kind} file whose headers FFmpeg cannot parse ({message})"
+
+
+_ISO_FIRST_BOXES = (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pdin")
+_ASF_GUID = bytes.fromhex("3026b2758e66cf11a6d900aa0062ce6c")
+
+
+def _container_kind(head: bytes) -> str | None:
+    """Name of the container the first bytes announce, or None when they announce none we know."""
+    if head[4:8] in _ISO_FIRST_BOXES:
+        return "MP4/MOV"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "Matroska/WebM"
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "AVI"
+    if head.startswith(_ASF_GUID):
+        return "ASF/WMV"
+    if head.startswith((b"FLV", b"OggS")):
+        return head[:4].decode("latin-1").strip("\x01")
+    if head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):
+        return "MPEG"
+    if len(head) > 188 and head[0] == head[188] == 0x47:
+        return "MPEG-TS"
+    return None
+
+
+def _iso_box_shortfall(name: str, size: int) -> str:
+    """Why the top-level MP4 boxes show the file was cut short, or "" when they do not."""
+    seen, offset = [], 0
+    with open(name, "rb") as fh:
+        while offset < size:
+            fh.seek(offset)
+            header = fh.read(16)
+            if len(header) < 8:
+                return f"the file ends inside a box header at byte {offset}"
+            box_size, box_type = struct.unpack(">I4s", header[:8])
+            if box_size == 1 and len(header) == 16:  # a 64-bit size follows the type
+                box_size = struct.unpack(">Q", header[8:16])[0]
+            elif box_size == 0:  # "runs to the end of the file"
+                box_size = size - offset
+            if box_size < 8:
+                return ""  # not a box layout we can follow: make no claim
+            kind = box_type.decode("latin-1")
+            seen.append(kind)
+            if offset + box_size > size:
+                return (
+                    f"box '{kind}' at byte {offset} declares {box_size} bytes but the file "
+                    f"ends after {size - offset}"
+                )
+            offset += box_size
+    if "moov" not in seen:
+        return "no 'moov' box (the index): the recording was never finished or the file was cut"
+    return ""
+
+
+def _message(error: BaseException) -> str:
+    return getattr(error, "strerror", None) or str(error)
+
+
+def _with_cause(detail: str, error: str) -> str:
+    return f"{detail} ({error})" if error else detail

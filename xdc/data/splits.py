@@ -1,0 +1,186 @@
+"""Official UCF101 and HMDB51 splits: read their split files and fill a manifest's split columns.
+
+UCF101 (``ucfTrainTestlist``): ``classInd.txt`` (``<class index> <Class>``), ``trainlist0N.txt``
+(``Class/video.avi <class index>``) and ``testlist0N.txt`` (``Class/video.avi``); a video is keyed by
+``Class/video.avi``. HMDB51 (``testTrainMulti_7030_splits``): ``<class>_test_splitN.txt``
+(``video.avi <0|1|2>``: 1 train, 2 test, 0 "unused" — left out of that split on purpose); a video
+is keyed by its file name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xdc.errors import DataError
+
+__all__ = [
+    "OfficialSplits",
+    "apply_official_splits",
+    "load_official_splits",
+    "read_official_splits",
+]
+
+_UCF_LIST = re.compile(r"^(train|test)list0*(\d+)\.txt$", re.IGNORECASE)
+_HMDB_LIST = re.compile(r"^(.+)_test_split(\d+)\.txt$", re.IGNORECASE)
+_HMDB_CODES = {"1": "train", "2": "test", "0": "unused"}
+
+
+@dataclass
+class OfficialSplits:
+    """Every split number's assignment, keyed as the dataset keys its videos.
+
+    UCF101 keys are ``Class/v_Class_gXX_cYY.avi`` (the last two parts of a video's path), HMDB51
+    keys are file names. ``classes`` maps a key to its official class name.
+    """
+
+    dataset: str
+    splits: dict[int, dict[str, str]] = field(default_factory=dict)
+    classes: dict[str, str] = field(default_factory=dict)
+
+    def key(self, path: str) -> str:
+        """The key of a video path: ``Class/file`` for UCF101, the file name for HMDB51."""
+        parts = Path(path).parts[-2:] if self.dataset == "UCF101" else Path(path).parts[-1:]
+        return "/".join(parts)
+
+
+def read_official_splits(splits_dir: str | Path, split_number: int) -> dict[str, str]:
+    """``{key: "train" | "test" | "unused"}`` of one official split of UCF101 or HMDB51.
+
+    Which dataset is told by the file names in ``splits_dir`` (see the module docstring): keys are
+    ``Class/video.avi`` for UCF101, file names for HMDB51. Raises ``DataError`` when neither
+    format is there or split ``split_number`` is absent.
+    """
+    return dict(load_official_splits(splits_dir, split_number).splits[split_number])
+
+
+def load_official_splits(splits_dir: str | Path, split_number: int) -> OfficialSplits:
+    """Every split of the UCF101 or HMDB51 split files in ``splits_dir``; split ``split_number``
+    must be among them. Raises ``DataError`` naming the folder and the fix otherwise."""
+    splits_dir = Path(splits_dir)
+    if not splits_dir.is_dir():
+        raise DataError(
+            f"{splits_dir}: splits folder not found; pass --splits-dir with the folder "
+            "that holds the official split files"
+        )
+    names = sorted(p.name for p in splits_dir.iterdir() if p.is_file())
+    if "classInd.txt" in names or any(_UCF_LIST.match(n) for n in names):
+        official = _read_ucf_splits(splits_dir, names)
+    elif any(_HMDB_LIST.match(n) for n in names):
+        official = _read_hmdb_splits(splits_dir, names)
+    else:
+        raise DataError(
+            f"{splits_dir}: neither UCF101 split files (classInd.txt, trainlist01.txt, "
+            "testlist01.txt) nor HMDB51 ones (<class>_test_split1.txt); pass --splits-dir "
+            "with the folder that holds them"
+        )
+    if split_number not in official.splits:
+        found = ", ".join(map(str, sorted(official.splits)))
+        raise DataError(
+            f"{splits_dir}: no {official.dataset} split {split_number} (splits present: "
+            f"{found}); pass --split-number with one of these"
+        )
+    return official
+
+
+def _read_ucf_splits(splits_dir: Path, names: list[str]) -> OfficialSplits:
+    if "classInd.txt" not in names:
+        raise DataError(
+            f"{splits_dir}: UCF101 split lists without classInd.txt; copy classInd.txt "
+            "from the official ucfTrainTestlist folder next to them"
+        )
+    class_file = splits_dir / "classInd.txt"
+    class_index = {
+        _integer(words[0], class_file, number): words[1]
+        for number, words in _split_lines(class_file, 2)
+    }
+    official = OfficialSplits("UCF101")
+    by_folder = {name.lower(): name for name in class_index.values()}
+    for name in names:
+        match = _UCF_LIST.match(name)
+        if not match:
+            continue
+        split, number = match.group(1).lower(), int(match.group(2))
+        assignment = official.splits.setdefault(number, {})
+        for line_number, words in _split_lines(splits_dir / name, 1):
+            key = "/".join(words[0].replace("\\", "/").split("/")[-2:])
+            folder = key.split("/")[0] if "/" in key else ""
+            if len(words) > 1:
+                index = _integer(words[1], splits_dir / name, line_number)
+                official.classes[key] = class_index.get(index, folder)
+            else:
+                official.classes[key] = by_folder.get(folder.lower(), folder)
+            assignment[key] = split
+    return official
+
+
+def _read_hmdb_splits(splits_dir: Path, names: list[str]) -> OfficialSplits:
+    official = OfficialSplits("HMDB51")
+    for name in names:
+        match = _HMDB_LIST.match(name)
+        if not match:
+            continue
+        label, number = match.group(1), int(match.group(2))
+        assignment = official.splits.setdefault(number, {})
+        for line_number, words in _split_lines(splits_dir / name, 2):
+            if words[1] not in _HMDB_CODES:
+                raise DataError(
+                    f"{splits_dir / name}, line {line_number}: expected 0, 1 or 2 after "
+                    f"the file name, found {words[1]!r}"
+                )
+            assignment[words[0]] = _HMDB_CODES[words[1]]
+            official.classes[words[0]] = label
+    return official
+
+
+def _split_lines(path: Path, min_words: int) -> Iterator[tuple[int, list[str]]]:
+    """(line number, words) of the non-blank lines of a split file (CRLF and trailing blanks ok)."""
+    for number, line in enumerate(
+        path.read_text(encoding="utf-8", errors="replace").splitlines(), 1
+    ):
+        words = line.split()
+        if not words:
+            continue
+        if len(words) < min_words:
+            raise DataError(f"{path}, line {number}: expected {min_words} fields, found {line!r}")
+        yield number, words
+
+
+def _integer(text: str, path: Path, line_number: int) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"{path}, line {line_number}: expected a number, found {text!r}") from None
+
+
+def apply_official_splits(
+    rows: list[dict[str, object]],
+    row_paths: list[str],
+    official: OfficialSplits,
+    split_number: int,
+    all_paths: Iterable[str],
+) -> tuple[list[str], str]:
+    """Fill ``split`` and ``split_N`` of the manifest rows; returns the added column names and a
+    line for the summary. A matched video's label becomes its official class name. Matching
+    ignores case: UCF101's own names mix ``HandstandPushups`` and ``HandStandPushups``."""
+    numbers = sorted(official.splits)
+    lookups = {n: {k.lower(): v for k, v in official.splits[n].items()} for n in numbers}
+    classes = {k.lower(): v for k, v in official.classes.items()}
+    for row, path in zip(rows, row_paths, strict=True):
+        key = official.key(path).lower()
+        for number in numbers:
+            row[f"split_{number}"] = lookups[number].get(key, "")
+        row["split"] = row[f"split_{split_number}"]
+        row["label"] = classes.get(key, row.get("label", ""))
+    counts = Counter(str(row["split"]) or "not listed" for row in rows)
+    found = {official.key(p).lower() for p in all_paths}
+    absent = len(set(lookups[split_number]) - found)
+    account = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "no rows"
+    note = (
+        f"{official.dataset} split {split_number} (of {', '.join(map(str, numbers))}): {account}; "
+        f"listed in the split files but not in the source: {absent}"
+    )
+    return [f"split_{n}" for n in numbers], note
