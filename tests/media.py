@@ -82,12 +82,14 @@ def _write_audio(
     channels = audio.shape[0]
     layout = "mono" if channels == 1 else "stereo"
     if lossless:
+        # 1024-sample frames, so that the muxer interleaves audio with video as real files do.
         data = np.clip(np.round(audio * 32767.0), -32768, 32767).astype(np.int16)
-        packed = np.ascontiguousarray(data.T.reshape(1, -1))
-        frame = av.AudioFrame.from_ndarray(packed, format="s16", layout=layout)
-        frame.sample_rate = sample_rate
-        frame.pts = 0
-        container.mux(stream.encode(frame))
+        for start in range(0, data.shape[1], 1024):
+            packed = np.ascontiguousarray(data[:, start : start + 1024].T.reshape(1, -1))
+            frame = av.AudioFrame.from_ndarray(packed, format="s16", layout=layout)
+            frame.sample_rate = sample_rate
+            frame.pts = start
+            container.mux(stream.encode(frame))
     else:
         chunk = stream.codec_context.frame_size or 1024
         for start in range(0, audio.shape[1], chunk):

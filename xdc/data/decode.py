@@ -1,0 +1,561 @@
+"""Clip decoding with PyAV: T frames at a target frame rate and the aligned mono audio window.
+
+One clip costs one ``av.open`` and at most one seek: the decoder seeks (backward, to a keyframe)
+a little before the earliest time the clip needs, then demuxes the video and audio streams in a
+single pass and stops as soon as both are covered.
+
+Time conventions (all in seconds, on the file's presentation timeline):
+
+- Target frame times are ``t_i = start_sec + i / fps``. The frame chosen for ``t_i`` is the frame
+  being displayed at ``t_i``: the last frame whose timestamp is ``<= t_i`` (plus 1 ms, which absorbs
+  the millisecond rounding of Matroska timestamps). Before the first frame, the first frame.
+  This works for variable frame rates and for target rates above (frames repeat) or below (frames
+  are skipped) the source rate. Only the chosen frames are converted to RGB (and scaled, by
+  swscale, in the same step).
+- ``start_sec < 0`` is clamped to 0. A start at or beyond the end of the video is clamped to
+  ``max(0, duration - clip_duration)`` so that the clip fits. A start inside the video whose clip
+  runs past the end is kept, and ``ClipSpec.overflow`` decides: ``"pad"`` repeats the last frame,
+  ``"loop"`` wraps the target times modulo the video duration (frames from the beginning).
+- The audio window has ``audio_samples`` samples at ``sample_rate``; with ``audio_align="center"``
+  it is centred on the clip's span ``[start_sec, start_sec + clip_duration)``, with ``"start"`` it
+  begins at ``start_sec``. Its first sample sits on the sample grid: ``audio_start_sec`` is the
+  ideal start rounded to the nearest ``1 / sample_rate``. Samples are placed by their timestamps
+  (after swresample, whose output timestamps already account for its filter delay), so audio is
+  aligned with video within a millisecond (exactly, where timestamps are exact, as in MP4).
+  Audio outside the stream (before its first sample, after its last, in gaps) is zero; audio is
+  never looped, even with ``overflow="loop"``. Mono is the mean of the channels (so it cannot
+  clip), taken before resampling.
+- Times are the file's own timestamps: for the rare file whose timeline does not start at 0
+  (some MPEG-TS), ``start_sec`` is on that timeline too.
+- Audio is read from the seek point on: an audio packet that starts before the keyframe the seek
+  lands on is not seen. Real files interleave short packets, so this never matters, except for
+  files that hold their audio in a few long blocks (a whole PCM track in one Matroska block).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import av
+import av.error
+import numpy as np
+
+from xdc.errors import ConfigError, DecodeError
+
+# What PyAV raises for bad files: FFmpeg errors, OS errors, and (PyAV <= 18) undecodable metadata.
+_AV_ERRORS = (av.error.FFmpegError, OSError, UnicodeDecodeError)
+# swscale threads: PyAV >= 17 defaults to one per CPU, which only costs on small frames and in
+# DataLoader workers; older versions have no such argument and scale on one thread.
+_RGB24 = (
+    {"format": "rgb24", "threads": 1}
+    if int(av.__version__.split(".")[0]) >= 17
+    else {"format": "rgb24"}
+)
+# Seek this much before the earliest time needed: gives the audio decoder (AAC frames overlap) and
+# swresample's filter a few frames of history, and lands safely before keyframes at the exact time.
+SEEK_MARGIN_SEC = 0.05
+# Tolerance of "frame pts <= target time": Matroska stores milliseconds, so 30 fps frames sit up to
+# 0.5 ms away from k/30.
+FRAME_TIME_EPS_SEC = 1e-3
+# Consecutive audio frames whose timestamps are this close to contiguous are placed contiguously
+# (timestamps in ms jitter; the samples themselves are continuous).
+AUDIO_SNAP_SEC = 2e-3
+# Audio is decoded this far past the window end so that swresample's filter sees real samples.
+AUDIO_TAIL_SEC = 0.01
+# Codec threads of the video decoder. The loader runs one decoder per DataLoader worker; measured on
+# 112x112 H.264, extra threads only cost (frame threading adds a frame of latency per thread after
+# each seek, slice threading has one slice to work on).
+VIDEO_DECODER_THREADS = 1
+# When the video ends (EOF) this much earlier than the declared duration and the clip needs frames
+# there, the file is treated as truncated rather than padded silently.
+TRUNCATION_TOLERANCE_SEC = 0.5
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """What to decode for one clip (see the module docstring for the time conventions)."""
+
+    num_frames: int = 8
+    """Frames per clip (T)."""
+    fps: float = 8.0
+    """Target frame rate; frames are chosen from the source by time."""
+    resize_short: int | None = 128
+    """Resize so that the short side has this many pixels (aspect kept); None = source size."""
+    audio_samples: int | None = 16096
+    """Samples of the audio window at ``sample_rate``; None = no audio."""
+    sample_rate: int = 16000
+    """Audio sample rate of the clip (mono float32)."""
+    audio_align: Literal["center", "start"] = "center"
+    """Audio window centred on the clip's time span, or starting at the clip start."""
+    overflow: Literal["pad", "loop"] = "pad"
+    """Past the end of the video: repeat the last frame (pad) or wrap around (loop)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.num_frames < 1:
+            problems.append(f"num_frames must be >= 1, got {self.num_frames}")
+        if not self.fps > 0:
+            problems.append(f"fps must be > 0, got {self.fps}")
+        if self.resize_short is not None and self.resize_short < 1:
+            problems.append(f"resize_short must be >= 1 or None, got {self.resize_short}")
+        if self.audio_samples is not None and self.audio_samples < 1:
+            problems.append(f"audio_samples must be >= 1 or None, got {self.audio_samples}")
+        if self.sample_rate < 1:
+            problems.append(f"sample_rate must be >= 1, got {self.sample_rate}")
+        if self.audio_align not in ("center", "start"):
+            problems.append(f"audio_align must be 'center' or 'start', got {self.audio_align!r}")
+        if self.overflow not in ("pad", "loop"):
+            problems.append(f"overflow must be 'pad' or 'loop', got {self.overflow!r}")
+        if problems:
+            raise ConfigError("ClipSpec: " + "; ".join(problems))
+
+
+@dataclass
+class Clip:
+    """A decoded clip.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 RGB.
+        frame_times: (T,) float64 presentation time (s) of each chosen source frame.
+        start_sec: the clip start after clamping.
+        audio: (audio_samples,) float32 mono at the spec's sample rate, or None without audio.
+        audio_start_sec: time of ``audio[0]`` (on the sample grid).
+    """
+
+    frames: np.ndarray
+    frame_times: np.ndarray
+    start_sec: float
+    audio: np.ndarray | None
+    audio_start_sec: float
+
+
+def clip_duration(spec: ClipSpec) -> float:
+    """Time span covered by the clip's frames: ``num_frames / fps`` seconds."""
+    return spec.num_frames / spec.fps
+
+
+def video_duration(path: str | Path) -> float:
+    """Duration (s) of the first video stream of ``path``, from the container's header (no decode).
+
+    Raises:
+        DecodeError: the file cannot be opened, has no video stream, or declares no duration.
+    """
+    path = str(path)
+    try:
+        with _open(path) as container:
+            duration = _declared_video_duration(container, _video_stream(container, path))
+    except _AV_ERRORS as error:
+        raise DecodeError(path, f"cannot probe: {_describe(error)}") from error
+    if duration is None:
+        raise DecodeError(path, "unknown duration (the container declares none)")
+    return duration
+
+
+def decode_clip(
+    path: str | Path, start_sec: float, spec: ClipSpec, duration_sec: float | None = None
+) -> Clip:
+    """Decode the clip of ``spec`` that starts at ``start_sec`` (one open, at most one seek).
+
+    Args:
+        path: a media file with a video stream (and an audio stream when ``spec.audio_samples``).
+        start_sec: requested clip start; clamped as described in the module docstring.
+        spec: frames, rate, size and audio window.
+        duration_sec: the video duration when known (manifest); otherwise read from the header.
+
+    Returns:
+        The clip; ``frames`` (T, H, W, 3) uint8, ``audio`` (audio_samples,) float32 or None.
+
+    Raises:
+        DecodeError: cannot open, not a media file, no video stream, no audio stream while audio
+            is asked for, no frame in the clip window, truncated or corrupt data.
+    """
+    path = str(path)
+    try:
+        container = _open(path)
+    except _AV_ERRORS as error:
+        raise DecodeError(path, f"cannot open: {_describe(error)}") from error
+    try:
+        with container:
+            return _decode_from_container(container, path, float(start_sec), spec, duration_sec)
+    except _AV_ERRORS as error:
+        raise DecodeError(path, f"decoding failed: {_describe(error)}") from error
+
+
+def _open(path: str) -> Any:
+    if not Path(path).is_file():
+        raise DecodeError(path, "file not found" if not Path(path).exists() else "not a file")
+    return av.open(path)
+
+
+def _describe(error: Exception) -> str:
+    """FFmpeg's message without the errno and the file name (the path is already in the error)."""
+    text = getattr(error, "strerror", None) or str(error)
+    return f"{type(error).__name__}: {text}"
+
+
+def _video_stream(container: Any, path: str) -> Any:
+    if not container.streams.video:
+        raise DecodeError(path, "no video stream")
+    return container.streams.video[0]
+
+
+def _declared_video_duration(container: Any, stream: Any) -> float | None:
+    """Video duration from the header: the stream's, else Matroska's DURATION tag, else the file's."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    tag = stream.metadata.get("DURATION")
+    if tag:
+        try:
+            hours, minutes, seconds = tag.split(":")
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            pass  # a malformed tag: fall back to the container's duration
+    if container.duration is not None:
+        return float(container.duration / av.time_base)
+    return None
+
+
+def _clamp_start(start_sec: float, duration: float | None, clip_sec: float) -> float:
+    start = max(0.0, start_sec)
+    if duration is not None and start >= duration:
+        start = max(0.0, duration - clip_sec)
+    return start
+
+
+def _decode_from_container(
+    container: Any, path: str, start_sec: float, spec: ClipSpec, duration_sec: float | None
+) -> Clip:
+    vstream = _video_stream(container, path)
+    astream = None
+    if spec.audio_samples is not None:
+        if not container.streams.audio:
+            raise DecodeError(path, "no audio stream")
+        astream = container.streams.audio[0]
+    vstream.codec_context.thread_count = VIDEO_DECODER_THREADS
+    duration = duration_sec if duration_sec else _declared_video_duration(container, vstream)
+
+    start = _clamp_start(start_sec, duration, clip_duration(spec))
+    lookup_times = _lookup_times(path, start, spec, duration)
+    picker = _FramePicker(lookup_times, spec.resize_short)
+    audio_window = None
+    earliest = float(lookup_times.min())
+    if astream is not None and spec.audio_samples is not None:
+        audio_window = _AudioWindow(path, astream, _audio_start_sample(start, spec), spec)
+        earliest = min(earliest, audio_window.start_sample / spec.sample_rate)
+
+    seek_sec = earliest - SEEK_MARGIN_SEC
+    if seek_sec > 0:  # a freshly opened file is already at its start
+        container.seek(int(seek_sec * av.time_base), backward=True)
+    reached_eof = _demux(container, vstream, astream, picker, audio_window)
+
+    _check_frames_found(path, picker, lookup_times, duration, reached_eof)
+    frames, frame_times = picker.result()
+    return Clip(
+        frames=frames,
+        frame_times=frame_times,
+        start_sec=start,
+        audio=None if audio_window is None else audio_window.result(),
+        audio_start_sec=(
+            start if audio_window is None else audio_window.start_sample / spec.sample_rate
+        ),
+    )
+
+
+def _lookup_times(path: str, start: float, spec: ClipSpec, duration: float | None) -> np.ndarray:
+    """(T,) times whose displayed frames form the clip: ``start + i / fps``, wrapped for 'loop'."""
+    target_times = start + np.arange(spec.num_frames, dtype=np.float64) / spec.fps
+    if spec.overflow != "loop":
+        return target_times
+    if duration is None:
+        raise DecodeError(path, "unknown duration: overflow='loop' needs duration_sec")
+    # Wrap with the tolerance of the frame lookup, so that a time a hair below a multiple of the
+    # duration (float error) maps to the first frame, as the exact time would.
+    eps = FRAME_TIME_EPS_SEC
+    if target_times[-1] + eps < duration:
+        return target_times  # no wrap: seek near the clip, not to 0
+    return np.mod(target_times + eps, duration) - eps
+
+
+def _check_frames_found(
+    path: str,
+    picker: _FramePicker,
+    lookup_times: np.ndarray,
+    duration: float | None,
+    reached_eof: bool,
+) -> None:
+    """No frame at all, or the video stopping well before its declared end, is an error."""
+    if picker.last_time is None:
+        raise DecodeError(
+            path, f"no video frame decodes in the clip window at {lookup_times[0]:.3f} s"
+        )
+    if not reached_eof or duration is None:
+        return
+    needed_until = min(float(lookup_times.max()), duration)
+    if needed_until - picker.last_time > TRUNCATION_TOLERANCE_SEC:
+        raise DecodeError(
+            path,
+            f"video ends at {picker.last_time:.3f} s, before the declared duration "
+            f"{duration:.3f} s (truncated file?)",
+        )
+
+
+def _audio_start_sample(start_sec: float, spec: ClipSpec) -> int:
+    assert spec.audio_samples is not None
+    if spec.audio_align == "center":
+        ideal = start_sec + clip_duration(spec) / 2 - spec.audio_samples / (2 * spec.sample_rate)
+    else:
+        ideal = start_sec
+    return round(ideal * spec.sample_rate)
+
+
+def _demux(
+    container: Any,
+    vstream: Any,
+    astream: Any | None,
+    picker: _FramePicker,
+    audio_window: _AudioWindow | None,
+) -> bool:
+    """Decode both streams in one pass until the clip is covered; True when the file ended first.
+
+    PyAV's demux yields an empty packet per stream at the end of the file; decoding it flushes the
+    decoder, so the last frames still arrive.
+    """
+    streams = [vstream] if astream is None else [vstream, astream]
+    for packet in container.demux(streams):
+        if packet.stream is vstream:
+            if not picker.done:
+                for frame in packet.decode():
+                    picker.push(frame)
+        elif audio_window is not None and audio_window.wants(packet):
+            for frame in packet.decode():
+                audio_window.push(frame)
+        if picker.done and (audio_window is None or audio_window.done):
+            return False
+    return True
+
+
+class _FramePicker:
+    """Streams decoded frames and keeps, for each target time, the frame displayed at that time.
+
+    Targets are visited in time order (loop wrapping can reorder them); a target is settled as
+    soon as a frame later than it arrives, and only settled frames are converted to RGB.
+    """
+
+    def __init__(self, lookup_times: np.ndarray, resize_short: int | None) -> None:
+        self.order = np.argsort(lookup_times, kind="stable")
+        self.sorted_times = lookup_times[self.order]
+        self.resize_short = resize_short
+        self.next_target = 0
+        self.last_frame: Any = None
+        self.last_time: float | None = None
+        self.frames: np.ndarray | None = None
+        self.frame_times = np.zeros(len(lookup_times), dtype=np.float64)
+        self._converted: tuple[Any, np.ndarray] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.next_target == len(self.sorted_times)
+
+    def push(self, frame: Any) -> None:
+        time = frame.time
+        if time is None:  # no timestamp: assume it follows the previous frame closely
+            time = (self.last_time or 0.0) + FRAME_TIME_EPS_SEC
+        while not self.done and self.sorted_times[self.next_target] + FRAME_TIME_EPS_SEC < time:
+            # before the first frame, the first frame is shown
+            if self.last_frame is None:
+                self._settle(frame, time)
+            else:
+                self._settle(self.last_frame, self.last_time)
+        self.last_frame, self.last_time = frame, time
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T, H, W, 3) uint8 frames and (T,) times; targets still open get the last frame."""
+        while not self.done:
+            self._settle(self.last_frame, self.last_time)
+        assert self.frames is not None
+        return self.frames, self.frame_times
+
+    def _settle(self, frame: Any, time: float | None) -> None:
+        slot = int(self.order[self.next_target])
+        self.next_target += 1
+        if self._converted is None or self._converted[0] is not frame:
+            if self.frames is None:
+                height, width = _output_size(frame.height, frame.width, self.resize_short)
+                self.frames = np.empty((len(self.order), height, width, 3), dtype=np.uint8)
+            _, height, width, _ = self.frames.shape
+            rgb = frame.to_ndarray(width=width, height=height, **_RGB24)
+            self._converted = (frame, rgb)
+        assert self.frames is not None
+        self.frames[slot] = self._converted[1]
+        self.frame_times[slot] = time
+
+
+def _output_size(height: int, width: int, resize_short: int | None) -> tuple[int, int]:
+    """(height, width) with the short side ``resize_short`` and the aspect ratio kept."""
+    if resize_short is None:
+        return height, width
+    if height <= width:
+        return resize_short, max(1, round(width * resize_short / height))
+    return max(1, round(height * resize_short / width)), resize_short
+
+
+class _AudioWindow:
+    """Collects the decoded audio of the window, then resamples it to mono and places it by time.
+
+    Decoded frames are grouped into runs of contiguous samples and each run is downmixed and
+    resampled in one call (one swresample call per frame costs more than the resampling itself).
+    Packets that end well before the window are not decoded at all.
+    """
+
+    def __init__(self, path: str, stream: Any, start_sample: int, spec: ClipSpec) -> None:
+        assert spec.audio_samples is not None
+        self.path = path
+        self.packet_time_base = float(stream.time_base)
+        self.sample_rate = spec.sample_rate
+        self.start_sample = start_sample
+        self.samples = np.zeros(spec.audio_samples, dtype=np.float32)
+        self.end_sample = start_sample + spec.audio_samples
+        self.decode_from_sec = start_sample / spec.sample_rate - SEEK_MARGIN_SEC
+        self.decode_until_sec = self.end_sample / spec.sample_rate + AUDIO_TAIL_SEC
+        self.runs: list[_AudioRun] = []
+
+    @property
+    def done(self) -> bool:
+        return bool(self.runs) and self.runs[-1].end_sec >= self.decode_until_sec
+
+    def wants(self, packet: Any) -> bool:
+        """Whether to decode this packet (False once covered, or when it ends before the window)."""
+        if self.done:
+            return False
+        if packet.pts is None or not packet.duration:  # unknown extent: decode to find out
+            return True
+        return (packet.pts + packet.duration) * self.packet_time_base >= self.decode_from_sec
+
+    def push(self, frame: Any) -> None:
+        """Append a decoded frame to the current run, or start a new run at a gap or format change."""
+        run = self.runs[-1] if self.runs else None
+        first = None
+        if frame.pts is not None and frame.time_base is not None:
+            first = _to_samples(frame.pts, frame.time_base, frame.sample_rate)
+        elif run is None or not run.accepts(frame):  # nothing it could continue
+            raise DecodeError(self.path, "audio frame without a timestamp")
+        contiguous = first is None or (
+            run is not None and abs(first - run.next_sample) <= AUDIO_SNAP_SEC * frame.sample_rate
+        )
+        if run is None or not run.accepts(frame) or not contiguous:
+            run = _AudioRun(frame)
+            self.runs.append(run)
+        run.append(frame, first)
+
+    def result(self) -> np.ndarray:
+        """(audio_samples,) float32 mono; zero where the stream has no audio."""
+        for run in self.runs:
+            try:
+                pieces = run.resample(self.sample_rate)
+            except ValueError as error:  # a sample format we do not convert
+                raise DecodeError(self.path, f"unsupported audio ({error})") from error
+            for pts, data in pieces:
+                lo, hi = max(pts, self.start_sample), min(pts + len(data), self.end_sample)
+                if lo < hi:
+                    self.samples[lo - self.start_sample : hi - self.start_sample] = data[
+                        lo - pts : hi - pts
+                    ]
+        return self.samples
+
+
+class _AudioRun:
+    """Contiguous decoded audio, kept as decoded (to_ndarray chunks) until it is resampled.
+
+    Its position is the mean over its frames of "frame timestamp minus samples before it": one
+    timestamp can be off by a millisecond (Matroska rounds to ms; after a seek, an Opus decoder
+    shifts the first frame's), the run as a whole is not.
+    """
+
+    def __init__(self, frame: Any) -> None:
+        self.format = frame.format.name
+        self.layout = frame.layout.name
+        self.channels = len(frame.layout.channels)
+        self.rate = frame.sample_rate
+        self.num_samples = 0
+        self.chunks: list[np.ndarray] = []
+        self._anchor_sum = 0
+        self._anchor_count = 0
+
+    @property
+    def first_sample(self) -> int:
+        return round(self._anchor_sum / max(1, self._anchor_count))
+
+    @property
+    def next_sample(self) -> int:
+        return self.first_sample + self.num_samples
+
+    @property
+    def end_sec(self) -> float:
+        return self.next_sample / self.rate
+
+    def accepts(self, frame: Any) -> bool:
+        source = (frame.format.name, frame.layout.name, frame.sample_rate)
+        return source == (self.format, self.layout, self.rate)
+
+    def append(self, frame: Any, first_sample: int | None) -> None:
+        """Add a frame whose first sample has timestamp ``first_sample`` (None: unknown)."""
+        if first_sample is not None:
+            self._anchor_sum += first_sample - self.num_samples
+            self._anchor_count += 1
+        self.chunks.append(frame.to_ndarray())
+        self.num_samples += frame.samples
+
+    def resample(self, sample_rate: int) -> list[tuple[int, np.ndarray]]:
+        """Mono float32 pieces at ``sample_rate``, each with its first sample index on that grid.
+
+        Mono is the mean of the channels, taken before resampling (one channel to resample).
+        """
+        channels = _float_planar(np.concatenate(self.chunks, axis=1), self.format, self.channels)
+        mono = channels.mean(axis=0, keepdims=True) if self.channels > 1 else channels
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono), format="fltp", layout="mono")
+        frame.sample_rate = self.rate
+        frame.time_base = Fraction(1, self.rate)
+        frame.pts = self.first_sample
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
+        pieces = []
+        next_pos: int | None = None
+        outputs: list[Any] = [*resampler.resample(frame), *resampler.resample(None)]
+        for out in outputs:
+            if out is None:  # a pass-through resampler (same rate) answers a flush with [None]
+                continue
+            # swresample's output timestamps already account for its filter delay
+            pos = _to_samples(out.pts, out.time_base, sample_rate)
+            if next_pos is not None and abs(pos - next_pos) <= 1:
+                pos = next_pos
+            data = out.to_ndarray().reshape(-1)
+            pieces.append((pos, data))
+            next_pos = pos + len(data)
+        return pieces
+
+
+# Full scale of the integer sample formats (what swresample divides by when converting to float).
+_FULL_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2.0**31, "s64": 2.0**63}
+
+
+def _float_planar(raw: np.ndarray, sample_format: str, channels: int) -> np.ndarray:
+    """(channels, n) float32 from ``AudioFrame.to_ndarray`` output: (channels, n) for planar
+    formats, (1, n * channels) interleaved for packed ones."""
+    planar = sample_format.endswith("p")
+    base = sample_format[:-1] if planar else sample_format
+    data = raw if planar else raw.reshape(-1, channels).T
+    if base in ("flt", "dbl"):
+        return data.astype(np.float32, copy=False)
+    if base not in _FULL_SCALE:
+        raise ValueError(f"sample format {sample_format!r}")
+    if base == "u8":  # unsigned: silence is 128
+        return (data.astype(np.float32) - 128.0) / 128.0
+    return (data.astype(np.float64) / _FULL_SCALE[base]).astype(np.float32)
+
+
+def _to_samples(pts: int, time_base: Fraction, sample_rate: int) -> int:
+    """``pts * time_base`` in samples, rounded half up (integer arithmetic: Fractions are slow)."""
+    num, den = time_base.numerator, time_base.denominator
+    return (2 * pts * num * sample_rate + den) // (2 * den)
