@@ -1,0 +1,140 @@
+"""Launch-agnostic distributed helpers that degrade to one process.
+
+The same code runs as ``python script.py`` (one process; every helper is then an identity or a
+no-op) or under ``torchrun`` (one process per rank; the helpers call ``torch.distributed``).
+Only public ``torch.distributed`` APIs are used. Collectives run on the tensor's own device: CPU
+tensors with the gloo backend, CUDA tensors with nccl.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from xdc.errors import ConfigError
+
+T = TypeVar("T")
+
+_REQUIRED_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Join the process group described by torchrun's environment variables.
+
+    Reads ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. Without
+    ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) nothing is initialised and ``False`` is returned, so a
+    plain ``python`` launch works unchanged. ``backend`` defaults to ``"nccl"`` when CUDA is
+    available (the process then uses GPU ``LOCAL_RANK``) and ``"gloo"`` otherwise.
+
+    Returns:
+        Whether this process is now part of a process group with more than one rank.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return False
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1
+    if not dist.is_available():
+        raise ConfigError(
+            f"WORLD_SIZE={world} asks for a distributed run, but this torch build has no "
+            "torch.distributed; launch with plain `python` (one process) instead"
+        )
+    missing = [name for name in _REQUIRED_ENV if name not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"WORLD_SIZE={world} is set but {', '.join(missing)} is not; launch with torchrun "
+            "or set RANK, MASTER_ADDR and MASTER_PORT as torchrun does"
+        )
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(
+        backend=backend, init_method="env://", rank=int(os.environ["RANK"]), world_size=world
+    )
+    return True
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one rank is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Whether this is rank 0, the process that writes files and logs."""
+    return rank() == 0
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum ``t`` over all ranks, in place; returns ``t`` (unchanged when not distributed)."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_tensor(t: Tensor, src: int = 0) -> Tensor:
+    """Overwrite ``t`` on every rank with rank ``src``'s ``t``, in place; returns ``t``."""
+    if is_distributed():
+        dist.broadcast(t, src=src)
+    return t
+
+
+def all_gather_varlen(t: Tensor) -> Tensor:
+    """Concatenate every rank's ``t`` along dim 0, in rank order.
+
+    Args:
+        t: ``(n_r, ...)`` on this rank; ``n_r`` may differ between ranks (and be 0), the trailing
+            shape and dtype must be the same everywhere.
+
+    Returns:
+        ``(sum_r n_r, ...)``, identical on every rank; ``t`` itself when not distributed.
+    """
+    if not is_distributed():
+        return t
+    t = t.contiguous()
+    n_local = torch.tensor([t.shape[0]], dtype=torch.int64, device=t.device)
+    counts = [torch.zeros_like(n_local) for _ in range(world_size())]
+    dist.all_gather(counts, n_local)
+    sizes = [int(c.item()) for c in counts]
+    # all_gather needs equal shapes: pad every shard to the longest, then cut the padding off.
+    longest = max(sizes)
+    padded = t.new_zeros((longest, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)], dim=0)
+
+
+def broadcast_object(obj: T, src: int = 0) -> T:
+    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself when not distributed)."""
+    if not is_distributed():
+        return obj
+    box: list[Any] = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
