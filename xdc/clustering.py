@@ -1,8 +1,10 @@
-"""k-means for deep clustering, feature preprocessing, and cluster statistics.
+"""k-means for deep clustering; the clustering step's other parts are re-exported from here.
 
 One k-means (Lloyd) for CPU and GPU that also runs across DDP ranks: each rank holds a shard of
 the points, centroids are identical on every rank, and the result equals a single-process run on
-all the points (up to float rounding of the summed centroid statistics).
+all the points (up to float rounding of the summed centroid statistics). ``FeaturePreprocessor``
+(PCA-whitening, in :mod:`xdc.preprocess`) and ``cluster_statistics`` (in :mod:`xdc.cluster_metrics`)
+are re-exported, so that the whole step imports from one place.
 
 How the CPU version is made fast (measured with benchmarks/kmeans.py):
 - The distance GEMM runs as a 1x1 convolution over a channels-last view of the same memory, which
@@ -24,13 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from xdc import distributed as xdist
-from xdc.errors import ConfigError, DataError, XdcError
+from xdc.cluster_metrics import cluster_statistics
+from xdc.errors import ConfigError, DataError
+from xdc.preprocess import FeaturePreprocessor
+
+__all__ = ["FeaturePreprocessor", "KMeansResult", "cluster_statistics", "kmeans"]
 
 log = logging.getLogger(__name__)
 
@@ -335,181 +340,3 @@ def _repair_empty_clusters(
         sizes[j] = sizes[largest] // 2
         sizes[largest] -= sizes[j]
     return len(empty)
-
-
-class FeaturePreprocessor:
-    """PCA (optionally whitened) to ``pca_dim``, then L2-normalisation of every row.
-
-    Statistics are computed over all ranks (all-reduced sums and Gram matrix); the eigenvectors come
-    from ``torch.linalg.eigh`` in float64 and their signs are fixed (largest component positive), so
-    every rank and a single-process run get the same projection.
-
-    Args:
-        pca_dim: output dimension (e.g. 256); ``None`` skips PCA. Clamped to ``min(D, N)``.
-        whiten: divide each principal component by ``sqrt(eigenvalue + eps)``.
-        l2_normalize: scale every output row to unit L2 norm.
-        eps: added to the eigenvalues before whitening, so near-null directions are not blown up.
-    """
-
-    def __init__(
-        self,
-        pca_dim: int | None = 256,
-        whiten: bool = True,
-        l2_normalize: bool = True,
-        eps: float = 1e-5,
-    ) -> None:
-        if pca_dim is not None and pca_dim < 1:
-            raise ConfigError(f"pca_dim must be >= 1 (or None for no PCA), got {pca_dim}")
-        if eps < 0:
-            raise ConfigError(f"eps (whitening) must be >= 0, got {eps}")
-        self.pca_dim = pca_dim
-        self.whiten = whiten
-        self.l2_normalize = l2_normalize
-        self.eps = eps
-        self.mean: Tensor | None = None  # (D,) float32
-        self.projection: Tensor | None = None  # (D, d) float32, whitening folded in
-        self.eigenvalues: Tensor | None = None  # (d,) float64, descending
-
-    def fit(self, x: Tensor) -> FeaturePreprocessor:
-        """Estimate mean and principal directions of ``x`` (``(N_local, D)``) over all ranks."""
-        if x.dim() != 2:
-            raise ConfigError(
-                f"FeaturePreprocessor.fit expects (N, D) features, got {tuple(x.shape)}"
-            )
-        x = x.detach()  # statistics only: nothing to differentiate
-        if self.pca_dim is None:
-            self.mean, self.projection = None, None
-            return self
-        n_total = int(xdist.all_reduce_sum(torch.tensor([x.shape[0]], device=x.device)).item())
-        if n_total == 0:
-            raise DataError("FeaturePreprocessor.fit: there are no features (N=0 on every rank)")
-        dim = x.shape[1]
-        out_dim = min(self.pca_dim, dim, n_total)
-        if out_dim < self.pca_dim:
-            log.info("pca_dim=%d clamped to %d (D=%d, N=%d)", self.pca_dim, out_dim, dim, n_total)
-        mean = xdist.all_reduce_sum(x.sum(0, dtype=torch.float64)) / n_total
-        # Gram matrix of the centred data in float64, a block at a time to bound the memory.
-        gram = torch.zeros(dim, dim, dtype=torch.float64, device=x.device)
-        for start in range(0, x.shape[0], 8192):
-            block = x[start : start + 8192].to(torch.float64) - mean
-            gram.addmm_(block.t(), block)
-        covariance = xdist.all_reduce_sum(gram) / n_total
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
-        eigenvalues = eigenvalues.flip(0)[:out_dim].clamp_min(0.0)
-        eigenvectors = eigenvectors.flip(1)[:, :out_dim]
-        # eigh's sign of each vector is arbitrary: fix it so that runs agree.
-        pivot = eigenvectors.abs().argmax(0)
-        signs = eigenvectors.gather(0, pivot.unsqueeze(0)).sign()
-        eigenvectors = eigenvectors * torch.where(signs == 0, 1.0, signs)
-        if self.whiten:
-            eigenvectors = eigenvectors / (eigenvalues + self.eps).sqrt()
-        self.mean = mean.to(torch.float32)
-        self.projection = eigenvectors.to(torch.float32)
-        self.eigenvalues = eigenvalues
-        return self
-
-    def transform(self, x: Tensor) -> Tensor:
-        """``(N, D)`` -> ``(N, d)`` float32: centre, project (and whiten), L2-normalise."""
-        out = x.to(torch.float32)
-        if self.pca_dim is not None:
-            if self.mean is None or self.projection is None:
-                raise XdcError("FeaturePreprocessor.transform called before fit")
-            if x.shape[-1] != self.mean.shape[0]:
-                raise ConfigError(
-                    f"features have D={x.shape[-1]} but the preprocessor was fit on "
-                    f"D={self.mean.shape[0]}"
-                )
-            mean, projection = self.mean.to(x.device), self.projection.to(x.device)
-            out = (out - mean) @ projection
-        if self.l2_normalize:
-            out = F.normalize(out, dim=-1, eps=1e-12)
-        return out
-
-    def fit_transform(self, x: Tensor) -> Tensor:
-        """:meth:`fit` then :meth:`transform` on the same ``(N_local, D)`` features."""
-        return self.fit(x).transform(x)
-
-
-def cluster_statistics(
-    assignments: Tensor | np.ndarray | list[int],
-    k: int,
-    previous: Tensor | np.ndarray | list[int] | None = None,
-    labels: Tensor | np.ndarray | list[int] | None = None,
-    n_permutations: int = 5,
-    seed: int = 0,
-) -> dict[str, float | int | list[int]]:
-    """Diagnostics of one clustering: balance, stability and agreement with known labels.
-
-    Args:
-        assignments: ``(N,)`` cluster ids in ``[0, k)``.
-        k: number of clusters.
-        previous: ``(N,)`` assignments of the previous round, for ``nmi_previous``.
-        labels: ``(N,)`` integer class labels; ``-1`` marks unknown ones, which are ignored.
-        n_permutations: random relabellings averaged for the chance levels.
-        seed: seed of those permutations.
-
-    Returns:
-        ``sizes`` (list of K ints), ``n_empty``, ``size_entropy`` (entropy of the sizes over
-        ``log K``: 1 = perfectly balanced), ``largest_fraction``; with ``previous``:
-        ``nmi_previous`` and ``nmi_previous_chance``; with ``labels``: ``n_labelled``,
-        ``nmi_labels``, ``ari_labels``, ``purity_labels`` and ``nmi_chance`` (expected NMI of a
-        random labelling with the same cluster sizes against the same labels; with many clusters it
-        is far from 0). Label metrics are NaN when no label is known.
-    """
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    ids = _as_int_array(assignments, "assignments")
-    if ids.size and (ids.min() < 0 or ids.max() >= k):
-        raise ConfigError(f"assignments must lie in [0, k={k}), got [{ids.min()}, {ids.max()}]")
-    sizes = np.bincount(ids, minlength=k)
-    n = max(1, ids.size)
-    nonzero = sizes[sizes > 0] / n
-    entropy = float(-(nonzero * np.log(nonzero)).sum())
-    stats: dict[str, float | int | list[int]] = {
-        "sizes": sizes.tolist(),
-        "n_empty": int((sizes == 0).sum()),
-        "size_entropy": entropy / math.log(k) if k > 1 else 1.0,
-        "largest_fraction": float(sizes.max() / n) if ids.size else 0.0,
-    }
-    rng = np.random.default_rng(seed)
-    if previous is not None:
-        before = _as_int_array(previous, "previous", ids.size)
-        stats["nmi_previous"] = float(normalized_mutual_info_score(before, ids))
-        stats["nmi_previous_chance"] = _chance_nmi(before, ids, n_permutations, rng)
-    if labels is not None:
-        truth = _as_int_array(labels, "labels", ids.size)
-        known = truth >= 0
-        stats["n_labelled"] = int(known.sum())
-        if not known.any():
-            for key in ("nmi_labels", "ari_labels", "purity_labels", "nmi_chance"):
-                stats[key] = float("nan")
-            return stats
-        truth, found = truth[known], ids[known]
-        stats["nmi_labels"] = float(normalized_mutual_info_score(truth, found))
-        stats["ari_labels"] = float(adjusted_rand_score(truth, found))
-        contingency = np.zeros((k, truth.max() + 1), dtype=np.int64)
-        np.add.at(contingency, (found, truth), 1)
-        stats["purity_labels"] = float(contingency.max(1).sum() / found.size)
-        stats["nmi_chance"] = _chance_nmi(truth, found, n_permutations, rng)
-    return stats
-
-
-def _as_int_array(
-    values: Tensor | np.ndarray | list[int], name: str, length: int = -1
-) -> np.ndarray:
-    array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
-    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise ConfigError(
-            f"{name} must be a 1-D array of integers, got {array.dtype} {array.shape}"
-        )
-    if length >= 0 and array.size != length:
-        raise ConfigError(f"{name} has {array.size} entries but assignments has {length}")
-    return array.astype(np.int64)
-
-
-def _chance_nmi(reference: np.ndarray, ids: np.ndarray, n: int, rng: np.random.Generator) -> float:
-    """Mean NMI between ``reference`` and random permutations of ``ids`` (same cluster sizes)."""
-    from sklearn.metrics import normalized_mutual_info_score
-
-    scores = [normalized_mutual_info_score(reference, rng.permutation(ids)) for _ in range(n)]
-    return float(np.mean(scores)) if scores else float("nan")
