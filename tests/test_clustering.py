@@ -268,3 +268,18 @@ def test_cuda_kmeans_and_preprocessor_match_cpu() -> None:
     on_gpu = FeaturePreprocessor(pca_dim=8).fit_transform(features.cuda())
     on_cpu = FeaturePreprocessor(pca_dim=8).fit_transform(features)
     torch.testing.assert_close(on_gpu.cpu(), on_cpu, atol=1e-4, rtol=0)
+
+
+def test_kmeans_plusplus_seeding_avoids_the_local_optima_of_random_seeding() -> None:
+    """Eight well-separated blobs: random seeding often puts two centroids in one blob and never
+    recovers (no cluster is empty, so no repair happens); k-means++ seeding finds every blob."""
+    x, labels = make_blobs(n_per_blob=60, n_blobs=8, dim=8, spread=20.0, seed=3)
+    plus = [adjusted_rand_score(labels, kmeans(x, 8, seed=s).assignments) for s in range(10)]
+    rand = [
+        adjusted_rand_score(labels, kmeans(x, 8, seed=s, init="random").assignments)
+        for s in range(10)
+    ]
+    assert min(plus) == pytest.approx(1.0)
+    assert min(rand) < 0.99, "the data should trap random seeding for some seed"
+    with pytest.raises(ConfigError, match="init"):
+        kmeans(x, 8, init="farthest")

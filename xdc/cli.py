@@ -1,27 +1,186 @@
-"""The ``xdc`` command line: thin, typed functions over the library."""
+"""The ``xdc`` command line: thin, typed functions over the library.
+
+Each ``cmd_*`` function is what its sub-command runs, callable from Python with the same names.
+Errors the user can fix are one line on stderr (``xdc: error: …``) and exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from collections.abc import Callable, Sequence
 
 from xdc.errors import XdcError
 
 
+def cmd_demo_data(
+    out: str, classes: int = 10, per_class: int = 40, seed: int = 0, workers: int | None = None
+) -> int:
+    """Generate the procedural demo videos and their manifest."""
+    from xdc.data.demo import generate_demo_data
+
+    manifest = generate_demo_data(
+        out, classes=classes, per_class=per_class, seed=seed, workers=workers
+    )
+    print(f"wrote {classes * per_class} videos and {manifest}")
+    return 0
+
+
+def cmd_index(
+    source: str,
+    output: str,
+    splits_dir: str | None = None,
+    split_number: int = 1,
+    workers: int | None = None,
+) -> int:
+    """Probe every video of SOURCE into a manifest (and rejected.csv)."""
+    from xdc.data.index import index_source
+
+    result = index_source(
+        source, output, splits_dir=splits_dir, split_number=split_number, workers=workers
+    )
+    print(result.summary())
+    return 0
+
+
+def cmd_pretrain(
+    data: str,
+    out: str,
+    method: str | None = None,
+    preset: str | None = "tiny",
+    split: str | None = "train",
+    overrides: Sequence[str] = (),
+    device: str | None = None,
+    progress: bool = True,
+) -> int:
+    """Pretrain both encoders by deep clustering; resumes automatically."""
+    from xdc.config import build_config
+    from xdc.training import pretrain
+
+    config = build_config(preset, overrides, method=method)
+    pretrain(config, data, out, split=split or None, device=device, progress=progress)
+    return 0
+
+
+def cmd_config(
+    preset: str | None = None, method: str | None = None, overrides: Sequence[str] = ()
+) -> int:
+    """Print the resolved configuration of a preset and overrides (JSON)."""
+    from xdc.config import build_config
+
+    print(build_config(preset, overrides, method=method).to_json())
+    return 0
+
+
+def _add_demo_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo-data", help="generate the procedural demo videos with sound")
+    p.add_argument("out", help="output folder: OUT/<class>/<id>.mp4 and OUT/manifest.csv")
+    p.add_argument(
+        "--classes", type=int, default=10, help="number of audio-visual classes (default 10)"
+    )
+    p.add_argument("--per-class", type=int, default=40, help="videos per class (default 40)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
+    p.set_defaults(run=lambda a: cmd_demo_data(a.out, a.classes, a.per_class, a.seed, a.workers))
+
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("index", help="probe video files into a manifest CSV")
+    p.add_argument(
+        "source", help="a folder (labels from parent folder names) or a CSV with a 'path' column"
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="manifest CSV to write (rejected.csv goes next to it)"
+    )
+    p.add_argument(
+        "--splits-dir", default=None, help="folder with official UCF101 or HMDB51 split files"
+    )
+    p.add_argument(
+        "--split-number", type=int, default=1, help="official split that fills 'split' (1-3)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="probe processes (default: all cores)")
+    p.set_defaults(
+        run=lambda a: cmd_index(a.source, a.output, a.splits_dir, a.split_number, a.workers)
+    )
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain video and audio encoders (XDC, SDC, MDC, CDC)",
+        description="Pretrain by deep clustering. Re-running the same command resumes the run. "
+        "Extra arguments are config overrides: section.key=value (see `xdc config`).",
+    )
+    p.add_argument(
+        "--data", required=True, help="manifest CSV (from `xdc index` or `xdc demo-data`)"
+    )
+    p.add_argument(
+        "--out", required=True, help="run folder (checkpoint, metrics.jsonl, config.json)"
+    )
+    p.add_argument(
+        "--method", default=None, help="xdc (default), sdc, mdc, cdc, or supervised (upper bound)"
+    )
+    p.add_argument(
+        "--preset", default="tiny", help="tiny (CPU, minutes), paper-kinetics, paper-audioset"
+    )
+    p.add_argument("--split", default="train", help="manifest split to train on ('' = all rows)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=0.05 cluster.k=64")
+    p.set_defaults(
+        run=lambda a: cmd_pretrain(
+            a.data, a.out, a.method, a.preset, a.split, a.overrides, a.device, not a.no_progress
+        )
+    )
+
+
+def _add_config(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved config of a preset and overrides")
+    p.add_argument(
+        "--preset", default=None, help="tiny, paper-kinetics, paper-audioset (default: none)"
+    )
+    p.add_argument("--method", default=None)
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.set_defaults(run=lambda a: cmd_config(a.preset, a.method, a.overrides))
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo_data,
+    _add_index,
+    _add_pretrain,
+    _add_config,
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xdc", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="xdc",
+        description="Self-supervised audio-video learning by Cross-Modal Deep Clustering (XDC).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="xdc: %(message)s"
+    )
     try:
-        return int(args.func(args) or 0)
+        return int(args.run(args) or 0)
     except XdcError as err:
         print(f"xdc: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("xdc: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

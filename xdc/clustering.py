@@ -46,6 +46,9 @@ CPU_SCORE_BYTES = 2 << 20
 GPU_SCORE_BYTES = 256 << 20
 MIN_ROWS_PER_THREAD = 1024  # fewer rows than this per thread are not worth a thread
 CONV_BATCH = 16  # see _score_function
+PLUSPLUS_SAMPLE_PER_CLUSTER = (
+    20  # k-means++ seeding looks at 20·K points (at least 2048; all when fewer)
+)
 
 R = TypeVar("R")
 ScoreFn = Callable[[Tensor], Tensor]
@@ -77,7 +80,7 @@ def kmeans(
     k: int,
     n_iter: int = 20,
     seed: int = 0,
-    init: Tensor | None = None,
+    init: Tensor | str = "k-means++",
     chunk_size: int | None = None,
     verbose: bool = False,
 ) -> KMeansResult:
@@ -92,7 +95,9 @@ def kmeans(
         k: number of clusters; at most the total number of points over all ranks.
         n_iter: Lloyd iterations (assign + update), always all of them: no early stop.
         seed: picks the initial points and the empty-cluster split directions.
-        init: ``(K, D)`` initial centroids (rank 0's are used); default: K distinct random points.
+        init: ``(K, D)`` initial centroids (rank 0's are used), ``"random"`` (K distinct random
+            points) or ``"k-means++"`` (D² sampling on a seeded sample of at most
+            ``20·K`` points gathered from all ranks: far fewer bad local optima).
         chunk_size: rows per distance block (default: a (rows, K) block of about 2 MiB on CPU).
         verbose: log the inertia of every iteration at INFO level.
 
@@ -106,16 +111,19 @@ def kmeans(
     n_total = int(counts_per_rank.sum().item())
     _check_arguments(k, n_iter, n_total, dim, init, chunk_size)
     chunk = chunk_size or _default_chunk_size(x, k)
-    if init is None:
-        offset = int(counts_per_rank[: xdist.rank()].sum().item())
-        centroids = _random_points(x, k, seed, n_total, offset)
-    else:
-        centroids = init.detach().to(device=x.device, dtype=torch.float32).contiguous().clone()
-        xdist.broadcast_tensor(centroids)
-        if not bool(torch.isfinite(centroids).all()):
-            raise ConfigError("init (initial centroids) contains NaN or Inf values")
     with _row_workers(x) as map_rows:
-        sq_norm_sum = _squared_norm_sum(x, chunk, map_rows)
+        sq_norm_sum = _squared_norm_sum(x, chunk, map_rows)  # also rejects NaN/Inf features
+        offset = int(counts_per_rank[: xdist.rank()].sum().item())
+        if init == "random":
+            centroids = _random_points(x, k, seed, n_total, offset)
+        elif init == "k-means++":
+            centroids = _plusplus_points(x, k, seed, n_total, offset)
+        else:
+            assert isinstance(init, Tensor)
+            centroids = init.detach().to(device=x.device, dtype=torch.float32).contiguous().clone()
+            xdist.broadcast_tensor(centroids)
+            if not bool(torch.isfinite(centroids).all()):
+                raise ConfigError("init (initial centroids) contains NaN or Inf values")
         data_rms = math.sqrt(sq_norm_sum / (n_total * dim))
         split_generator = torch.Generator().manual_seed(seed)
         assignments = torch.empty(n_local, dtype=torch.int64, device=x.device)
@@ -189,7 +197,7 @@ def _as_float32_points(x: Tensor) -> Tensor:
 
 
 def _check_arguments(
-    k: int, n_iter: int, n_total: int, dim: int, init: Tensor | None, chunk_size: int | None
+    k: int, n_iter: int, n_total: int, dim: int, init: Tensor | str, chunk_size: int | None
 ) -> None:
     if n_total == 0:
         raise DataError("kmeans input: there are no points to cluster (N=0 on every rank)")
@@ -202,7 +210,12 @@ def _check_arguments(
         )
     if n_iter < 0:
         raise ConfigError(f"n_iter (k-means iterations) must be >= 0, got n_iter={n_iter}")
-    if init is not None and tuple(init.shape) != (k, dim):
+    if isinstance(init, str):
+        if init not in ("random", "k-means++"):
+            raise ConfigError(
+                f"init must be 'random', 'k-means++' or a (k, D) tensor, got {init!r}"
+            )
+    elif tuple(init.shape) != (k, dim):
         raise ConfigError(
             f"init must be a (k, D) = ({k}, {dim}) tensor of centroids, got {tuple(init.shape)}"
         )
@@ -224,6 +237,42 @@ def _random_points(x: Tensor, k: int, seed: int, n_total: int, offset: int) -> T
     centroids[local] = x[chosen[local] - offset]
     # Exactly one rank holds each row and the others add zeros, so the sum is exact.
     return xdist.all_reduce_sum(centroids)
+
+
+def _plusplus_points(x: Tensor, k: int, seed: int, n_total: int, offset: int) -> Tensor:
+    """Greedy k-means++ seeding (D² sampling, best of a few candidates per centroid, as
+    scikit-learn does) on a seeded sample of the points of all ranks.
+
+    The sample is chosen by global index, gathered in rank order (= global order), so every rank
+    and a single process on the same data pick the same centroids.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    size = min(n_total, max(2048, PLUSPLUS_SAMPLE_PER_CLUSTER * k))
+    chosen = torch.randperm(n_total, generator=generator)[:size].sort().values.to(x.device)
+    local = chosen[(chosen >= offset) & (chosen < offset + x.shape[0])] - offset
+    sample = xdist.all_gather_varlen(x[local])
+    sq_norms = sample.square().sum(1)
+    sample_t = sample.t().contiguous()  # once: a transposed view would be copied at every step
+    centroids = torch.empty(k, x.shape[1], dtype=torch.float32, device=x.device)
+    first = int(torch.randint(len(sample), (1,), generator=generator))
+    centroids[0] = sample[first]
+    nearest = (sample - centroids[0]).square().sum(1)
+    trials = 2 + int(math.log(k))  # greedy k-means++: the best of a few D²-sampled candidates
+    for i in range(1, k):
+        weights = nearest.double().cpu()
+        if float(weights.sum()) <= 0:  # fewer distinct points than k: any point will do
+            weights = torch.ones_like(weights)
+        picks = torch.multinomial(weights, trials, replacement=True, generator=generator).to(
+            x.device
+        )
+        cand = sample[picks]
+        dist = torch.addmm(sq_norms[None, :], cand, sample_t, alpha=-2.0)
+        dist.add_(sq_norms[picks][:, None]).clamp_(min=0)
+        candidate_nearest = torch.minimum(nearest[None, :], dist)
+        best = int(candidate_nearest.double().sum(1).argmin())
+        centroids[i] = cand[best]
+        nearest = candidate_nearest[best]
+    return centroids
 
 
 def _score_function(centroids: Tensor) -> ScoreFn:

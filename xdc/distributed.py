@@ -74,6 +74,11 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def local_rank() -> int:
+    """This process's GPU index on its machine (``LOCAL_RANK`` under torchrun; 0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def is_main() -> bool:
     """Whether this is rank 0, the process that writes files and logs."""
     return rank() == 0

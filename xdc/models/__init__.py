@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from xdc.models.audio import AudioResNet18, build_audio_encoder
 from xdc.models.heads import ClassifierHead
-from xdc.models.video import FrameCNN, R2Plus1D18, build_video_encoder, mid_channels
+from xdc.models.video import (
+    FrameCNN,
+    Mixed2D3D,
+    R2Plus1D18,
+    build_video_encoder,
+    mid_channels,
+)
 from xdc.models.weights import (
     LoadReport,
     detect_mid_rule,
@@ -20,6 +26,7 @@ __all__ = [
     "AudioResNet18",
     "ClassifierHead",
     "FrameCNN",
+    "Mixed2D3D",
     "LoadReport",
     "R2Plus1D18",
     "build_audio_encoder",

@@ -1,0 +1,201 @@
+"""The pretraining loop: every method runs, routes the right pseudo-labels, resumes, and refuses bad
+input before doing any work."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from tests.conftest import TINY_OVERRIDES, tiny_config
+from xdc.checkpoint import load_checkpoint
+from xdc.cli import main
+from xdc.config import ClusterConfig
+from xdc.methods import METHODS, get_method
+from xdc.pseudolabels import balanced_weights, make_pseudo_labels
+from xdc.runlog import read_metrics
+from xdc.training import DeepClusteringModel, pretrain
+
+
+def _planted_features(
+    n: int = 120, seed: int = 0
+) -> tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray]:
+    """Video features in 3 tight blobs by partition A, audio features in 2 blobs by partition B."""
+    rng = np.random.default_rng(seed)
+    part_a = np.arange(n) % 3
+    part_b = (np.arange(n) // 3) % 2
+    centres_v = rng.normal(size=(3, 16)) * 10
+    centres_a = rng.normal(size=(2, 16)) * 10
+    video = centres_v[part_a] + rng.normal(size=(n, 16)) * 0.1
+    audio = centres_a[part_b] + rng.normal(size=(n, 16)) * 0.1
+    feats = {
+        "video": torch.tensor(video, dtype=torch.float32),
+        "audio": torch.tensor(audio, dtype=torch.float32),
+    }
+    return feats, part_a, part_b
+
+
+@pytest.mark.parametrize("name", ["sdc", "mdc", "cdc", "xdc"])
+def test_each_method_routes_the_right_clusters_to_each_head(name: str) -> None:
+    feats, part_a, part_b = _planted_features()
+    method = get_method(name)
+    k = {"video": 3, "audio": 2, "joint": 6}
+    config = ClusterConfig(
+        k=3, k_video=3, k_audio=2, k_joint=6, pca_dim=0, whiten=False, kmeans_iters=10
+    )
+    result = make_pseudo_labels(method, feats, np.arange(120), 120, config, seed=0)
+    expected = {"video": part_a, "audio": part_b, "joint": part_a * 2 + part_b}
+    for _encoder, clustering in method.heads():
+        labels = result.labels[clustering].numpy()
+        assert labels.max() + 1 == k[clustering]
+        assert adjusted_rand_score(expected[clustering], labels) == pytest.approx(1.0)
+    # What each encoder learns to predict, as the paper defines the methods.
+    targets = {enc: set(names) for enc, names in method.targets}
+    assert (
+        targets
+        == {
+            "sdc": {"video": {"video"}, "audio": {"audio"}},
+            "mdc": {"video": {"video", "audio"}, "audio": {"video", "audio"}},
+            "cdc": {"video": {"joint"}, "audio": {"joint"}},
+            "xdc": {"video": {"audio"}, "audio": {"video"}},
+        }[name]
+    )
+
+
+def test_model_has_one_head_per_target_sized_by_its_clustering() -> None:
+    enc = {"video": torch.nn.Linear(4, 5), "audio": torch.nn.Linear(4, 7)}
+    for e in enc.values():
+        e.num_features = e.out_features  # type: ignore[attr-defined]
+    model = DeepClusteringModel(enc, METHODS["xdc"], {"video": 3, "audio": 2})
+    out = model({"video": torch.randn(2, 4), "audio": torch.randn(2, 4)})
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "video_to_audio": (2, 2),
+        "audio_to_video": (2, 3),
+    }
+
+
+def test_balanced_weights_draw_every_cluster_equally() -> None:
+    labels = {"audio": torch.tensor([0, 0, 0, 0, 1, 1, -1])}
+    w = balanced_weights(labels, np.arange(7))
+    assert w[:4].sum() == pytest.approx(w[4:6].sum()) and w[6] == 0
+
+
+@pytest.mark.parametrize("method", ["xdc", "sdc", "mdc", "cdc", "supervised"])
+def test_one_iteration_of_each_method(method: str, demo_manifest: Path, tmp_path: Path) -> None:
+    state = pretrain(tiny_config(method), demo_manifest, tmp_path / "run", progress=False)
+    assert state.finished and state.iteration == 1
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt["loop"]["finished"] and set(ckpt["encoders"]) == {"video", "audio"}
+    events = {r["event"] for r in read_metrics(tmp_path / "run")}
+    assert {"train", "epoch", "finished"} <= events
+    if method != "supervised":
+        clusters = read_metrics(tmp_path / "run", "cluster")
+        assert {c["clustering"] for c in clusters} == {c.name for c in METHODS[method].clusterings}
+        assert all(c["n_empty"] == 0 for c in clusters)
+
+
+def test_finished_run_says_so_and_changes_nothing(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (tiny_run / "checkpoint.pt").stat().st_mtime_ns
+    state = pretrain(
+        tiny_config("xdc"), json.loads((tiny_run / "run.json").read_text())["data"], tiny_run
+    )
+    assert state.finished
+    assert "nothing to do" in capsys.readouterr().out
+    assert (tiny_run / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_resume_continues_where_the_run_stopped(demo_manifest: Path, tmp_path: Path) -> None:
+    """Stop after iteration 1 (a shorter run), then ask for 2 iterations: not allowed silently."""
+    pretrain(tiny_config("xdc"), demo_manifest, tmp_path / "run", progress=False)
+    with pytest.raises(Exception, match="train.iterations"):
+        pretrain(
+            tiny_config("xdc", train__iterations=2), demo_manifest, tmp_path / "run", progress=False
+        )
+
+
+def _cli(*args: str) -> list[str]:
+    flags = [f"{k}={v}" for k, v in TINY_OVERRIDES.items()]
+    return ["pretrain", *args, "--preset", "tiny", "--no-progress", *flags]
+
+
+def _rewrite_manifest(src: Path, dst_dir: Path, **column_values: str) -> Path:
+    shutil.copytree(src.parent, dst_dir)
+    path = dst_dir / "manifest.csv"
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        row.update(column_values)
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("case", "needle"),
+    [
+        ("missing manifest", "manifest not found"),
+        ("empty split", "split 'validation' has no rows"),
+        ("k too large", "cluster.k=99"),
+        ("unknown key", "train.nonsense"),
+        ("no audio", "no usable videos"),
+        ("supervised without labels", "--method supervised needs a label"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_work(
+    case: str, needle: str, demo_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, extra, method = str(demo_manifest), [], "xdc"
+    if case == "missing manifest":
+        data = str(tmp_path / "nowhere.csv")
+    elif case == "empty split":
+        extra = ["--split", "validation"]
+    elif case == "k too large":
+        extra = ["cluster.k=99"]
+    elif case == "unknown key":
+        extra = ["train.nonsense=1"]
+    elif case == "no audio":
+        data = str(_rewrite_manifest(demo_manifest, tmp_path / "noaudio", has_audio="0"))
+    elif case == "supervised without labels":
+        data = str(_rewrite_manifest(demo_manifest, tmp_path / "nolabels", label=""))
+        method = "supervised"
+    out = tmp_path / "run"
+    code = main([*_cli("--data", data, "--out", str(out), "--method", method), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and err.count("\n") == 0
+    assert not out.exists(), "no run folder is created for invalid input"
+
+
+def test_other_config_in_existing_run_folder_is_refused(
+    tiny_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = json.loads((tiny_run / "run.json").read_text())["data"]
+    code = main([*_cli("--data", data, "--out", str(tiny_run)), "train.lr=0.123"])
+    assert code == 2 and "train.lr" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
+    demo_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = _cli("--data", str(demo_manifest), "--out", str(out))
+    code = main(
+        [*args, "train.lr=1e30", "train.grad_clip=0", "train.warmup_epochs=0", "train.max_epochs=2"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "loss became" in err and "checkpoint" in err
+    ckpt = load_checkpoint(out)
+    assert ckpt["loop"]["phase"] == "train" and ckpt["loop"]["epoch"] == 0
+    assert all(
+        torch.isfinite(t).all() for t in ckpt["encoders"]["video"].values() if t.is_floating_point()
+    )

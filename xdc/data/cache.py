@@ -1,0 +1,146 @@
+"""An in-memory cache of decoded videos, for data sets small enough to hold in RAM.
+
+With a few hundred or thousand short clips, decoding dominates a CPU training step: the cache
+decodes every video once (all frames at the resize size, the whole audio track at the target rate)
+and then cuts clips out of memory with the same rules as ``decode_clip``: the frame shown at each
+target time, start clamping, ``pad``/``loop`` overflow, an audio window on the sample grid with
+zeros outside the track. It is built in the main process before DataLoader workers start, so the
+workers share it (copy-on-write) instead of each holding a copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from tqdm import tqdm
+
+from xdc.data.decode import Clip, ClipSpec, clip_duration, decode_clip
+from xdc.data.manifest import Manifest
+from xdc.errors import ConfigError, DecodeError
+
+log = logging.getLogger(__name__)
+FRAME_TIME_EPS_SEC = 1e-3  # as in decode_clip: absorbs millisecond rounding of timestamps
+
+
+@dataclass
+class CachedVideo:
+    frames: np.ndarray  # (N, H, W, 3) uint8, every source frame
+    times: np.ndarray  # (N,) float64, presentation time of each frame
+    audio: np.ndarray | None  # (S,) float32 mono at the spec's sample rate, from t = 0
+    duration: float
+
+
+class ClipCache:
+    """Decoded videos of some manifest rows, and clips cut from them.
+
+    Args:
+        manifest: the rows' files and durations.
+        rows: rows to cache (the others are decoded from disk as usual).
+        spec: clip parameters; its size and sample rate fix what is cached.
+        max_bytes: refuse to cache more than this (estimated from the manifest before decoding).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        rows: list[int],
+        spec: ClipSpec,
+        max_bytes: int,
+        progress: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.videos: dict[int, CachedVideo] = {}
+        self.failed: dict[int, str] = {}
+        estimate = sum(self._estimate_bytes(manifest, r) for r in rows)
+        if estimate > max_bytes:
+            raise ConfigError(
+                f"data.cache=memory would hold about {estimate / 2**30:.1f} GiB of decoded video "
+                f"(limit {max_bytes / 2**30:.1f} GiB, data.cache_gib); set data.cache=none for a "
+                "data set this large, or raise data.cache_gib"
+            )
+        for row in tqdm(rows, desc="cache", disable=not progress, leave=False):
+            try:
+                self.videos[row] = self._decode_whole(manifest, row)
+            except DecodeError as err:
+                self.failed[row] = f"{err.path}: {err.reason}"
+                log.warning("skipping unreadable video %s (%s)", err.path, err.reason)
+
+    def _estimate_bytes(self, manifest: Manifest, row: int) -> int:
+        info = manifest.rows[row]
+        fps = float(info.get("fps") or 30.0)
+        width, height = int(info.get("width") or 320), int(info.get("height") or 240)
+        scale = (self.spec.resize_short or min(width, height)) / max(1, min(width, height))
+        frames = math.ceil(manifest.duration(row) * fps) + 1
+        audio = manifest.duration(row) * self.spec.sample_rate * 4 if self.spec.audio_samples else 0
+        return int(frames * width * height * scale * scale * 3 + audio)
+
+    def _decode_whole(self, manifest: Manifest, row: int) -> CachedVideo:
+        path = manifest.path(row)
+        duration = manifest.duration(row)
+        fps = float(manifest.rows[row].get("fps") or 0.0)
+        if duration <= 0 or fps <= 0:
+            raise DecodeError(
+                str(path), "duration or fps unknown in the manifest; re-run xdc index"
+            )
+        # Ask for frames at twice the nominal rate over the whole file: every source frame is then
+        # picked at least once (also for variable frame rates up to 2× the nominal rate).
+        n = int(math.ceil(duration * fps * 2)) + 2
+        audio_samples = int(math.ceil(duration * self.spec.sample_rate)) + 1
+        whole = replace(
+            self.spec,
+            num_frames=n,
+            fps=2 * fps,
+            audio_samples=audio_samples if self.spec.audio_samples else None,
+            audio_align="start",
+            overflow="pad",
+        )
+        clip = decode_clip(path, 0.0, whole, duration_sec=duration)
+        keep = np.concatenate([[True], np.diff(clip.frame_times) > 0])
+        return CachedVideo(
+            frames=np.ascontiguousarray(clip.frames[keep]),
+            times=clip.frame_times[keep].copy(),
+            audio=clip.audio,
+            duration=duration,
+        )
+
+    def __contains__(self, row: int) -> bool:
+        return row in self.videos or row in self.failed
+
+    def clip(self, row: int, start_sec: float) -> Clip:
+        """The clip of ``self.spec`` starting at ``start_sec``, cut from memory."""
+        if row in self.failed:
+            path, _, reason = self.failed[row].partition(": ")
+            raise DecodeError(path, reason)
+        video = self.videos[row]
+        spec = self.spec
+        span = clip_duration(spec)
+        start = max(0.0, start_sec)
+        if start >= video.duration:  # as decode_clip: a start past the end is moved to fit
+            start = max(0.0, video.duration - span)
+        times = start + np.arange(spec.num_frames) / spec.fps
+        if spec.overflow == "loop":
+            times = np.mod(times + FRAME_TIME_EPS_SEC, video.duration) - FRAME_TIME_EPS_SEC
+        index = np.searchsorted(video.times, times + FRAME_TIME_EPS_SEC, side="right") - 1
+        index = np.clip(index, 0, len(video.times) - 1)
+        audio, audio_start = None, 0.0
+        if spec.audio_samples:
+            audio, audio_start = self._audio_window(video, start, span)
+        return Clip(video.frames[index], video.times[index], start, audio, audio_start)
+
+    def _audio_window(
+        self, video: CachedVideo, start: float, span: float
+    ) -> tuple[np.ndarray, float]:
+        spec = self.spec
+        n = int(spec.audio_samples or 0)
+        rate = spec.sample_rate
+        ideal = start + span / 2 - n / (2 * rate) if spec.audio_align == "center" else start
+        first = int(round(ideal * rate))
+        out = np.zeros(n, dtype=np.float32)
+        track = video.audio if video.audio is not None else np.zeros(0, np.float32)
+        lo, hi = max(0, first), min(len(track), first + n)
+        if hi > lo:
+            out[lo - first : hi - first] = track[lo:hi]
+        return out, first / rate

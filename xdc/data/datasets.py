@@ -1,0 +1,284 @@
+"""Clip datasets over a manifest, samplers that make every clip a pure function of its key, and the
+collate function that carries decode failures back to the main process.
+
+The clip dict contract (ARCHITECTURE.md):
+    ``video``     float (3, T, H, W), normalised
+    ``audio``     float (1, n_mels, n_frames), log-mel
+    ``index``     int, row in the manifest the dataset was built on
+    ``label``     int, −1 when unknown
+    ``start_sec`` float, clip start
+    ``path``      str
+plus ``failures``: the ``"path: reason"`` of files that failed and were replaced for this sample.
+
+A sampler yields ``ClipKey(row, seed, clip)`` rather than integers. The key fixes everything random
+about the clip (start time, crop, flip, augmentation), so a run is deterministic for a seed however
+many DataLoader workers load it, and an epoch can be replayed exactly after a resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler, get_worker_info
+
+from xdc.config import DataConfig
+from xdc.data.audio import LogMel
+from xdc.data.cache import ClipCache
+from xdc.data.decode import ClipSpec, clip_duration, decode_clip
+from xdc.data.manifest import Manifest
+from xdc.data.transforms import (
+    crop_and_flip,
+    normalize_video,
+    spec_augment,
+    strong_augment,
+    to_float_video,
+)
+from xdc.errors import DataError, DecodeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipKey:
+    """What a sampler yields: a manifest row, the seed of this draw, and for evaluation the index of
+    a fixed clip among ``num_clips`` uniformly spaced ones (−1 = random start, training)."""
+
+    row: int
+    seed: int
+    clip: int = -1
+    num_clips: int = 1
+
+
+class ClipDataset(Dataset[dict[str, Any]]):
+    """Clips of the videos of a manifest, decoded with PyAV, as clip dicts.
+
+    Args:
+        manifest: rows to draw from; ``index`` in samples refers to its rows.
+        config: frames, sizes, audio parameters, augmentation.
+        train: random start, random crop, flip and augmentation; otherwise fixed clips
+            (``ClipKey.clip``), centre crop, no augmentation.
+        modalities: which of ``video`` and ``audio`` to load. Rows without audio are excluded when
+            ``audio`` is asked for — counted in ``excluded_no_audio`` and logged, never silently.
+        replace_failed: when a file fails to decode, draw another row (bounded by
+            ``max_failures``) and report the failure in the sample's ``failures``. When False, the
+            sample comes back with ``valid=False`` and zero tensors, for the caller to count.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        config: DataConfig,
+        train: bool,
+        modalities: Sequence[str] = ("video", "audio"),
+        replace_failed: bool = True,
+        max_failures: int = 10,
+    ) -> None:
+        self.manifest = manifest
+        self.config = config
+        self.train = train
+        self.modalities = tuple(modalities)
+        self.replace_failed = replace_failed
+        self.max_failures = max_failures
+        self.need_audio = "audio" in self.modalities
+        rows = list(range(len(manifest)))
+        if self.need_audio:
+            rows = [i for i in rows if manifest.has_audio(i)]
+        self.rows = rows
+        self.excluded_no_audio = len(manifest) - len(rows)
+        if self.excluded_no_audio:
+            log.warning(
+                "%d of %d videos have no audio track and are excluded (audio is required)",
+                self.excluded_no_audio,
+                len(manifest),
+            )
+        if not rows:
+            where = manifest.source or manifest.root
+            raise DataError(
+                f"{where}: no usable videos ({len(manifest)} rows, "
+                f"{self.excluded_no_audio} without audio); audio-video methods need files with sound"
+            )
+        self.logmel = LogMel(config.sample_rate, config.n_mels)
+        self.spec = ClipSpec(
+            num_frames=config.num_frames,
+            fps=config.fps,
+            resize_short=config.resize_short,
+            audio_samples=self.logmel.num_samples(config.audio_frames) if self.need_audio else None,
+            sample_rate=config.sample_rate,
+            audio_align=config.audio_align,  # type: ignore[arg-type]
+            overflow=config.overflow,  # type: ignore[arg-type]
+        )
+        self.cache: ClipCache | None = None
+        """Decoded videos in RAM (``build_cache``); rows not in it are decoded from disk."""
+        self.replacement_pool: list[int] = list(rows)
+        """Rows a failed file may be replaced by (the trainer narrows it to its training rows)."""
+        self._bad_rows: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def build_cache(self, progress: bool = True) -> ClipCache:
+        """Decode every usable video into RAM (``data.cache=memory``); returns the cache."""
+        limit = int(self.config.cache_gib * 2**30)
+        self.cache = ClipCache(self.manifest, self.rows, self.spec, limit, progress)
+        return self.cache
+
+    def clip_start(self, row: int, key: ClipKey, rng: np.random.Generator) -> float:
+        """Random start (training: temporal jittering) or the centre of the key's fixed clip."""
+        span = max(0.0, self.manifest.duration(row) - clip_duration(self.spec))
+        if key.clip < 0:
+            return float(rng.uniform(0.0, span)) if span > 0 else 0.0
+        return span * (key.clip + 0.5) / max(1, key.num_clips)
+
+    def __getitem__(self, key: ClipKey | int) -> dict[str, Any]:
+        if isinstance(key, int):
+            key = ClipKey(self.rows[key], seed=key, clip=-1 if self.train else 0)
+        rng = np.random.default_rng(key.seed)
+        failures: list[str] = []
+        row = key.row
+        while True:
+            if row not in self._bad_rows:
+                try:
+                    sample = self._load(row, key, rng)
+                    sample["failures"] = failures
+                    return sample
+                except DecodeError as err:
+                    self._bad_rows.add(row)
+                    failures.append(f"{err.path}: {err.reason}")
+                    log.warning("skipping unreadable video %s (%s)", err.path, err.reason)
+            if not self.replace_failed:
+                return self._invalid(row, key, failures)
+            if len(failures) >= self.max_failures:
+                raise DataError(
+                    f"{len(failures)} videos in a row failed to decode (last: {failures[-1]}); "
+                    "re-run `xdc index` to re-probe the files, or fix the files listed above"
+                )
+            row = self.replacement_pool[int(rng.integers(len(self.replacement_pool)))]
+
+    def _load(self, row: int, key: ClipKey, rng: np.random.Generator) -> dict[str, Any]:
+        start = self.clip_start(row, key, rng)
+        path = self.manifest.path(row)
+        if self.cache is not None and row in self.cache:
+            clip = self.cache.clip(row, start)
+        else:
+            clip = decode_clip(
+                path, start, self.spec, duration_sec=self.manifest.duration(row) or None
+            )
+        sample: dict[str, Any] = {
+            "index": row,
+            "label": self.manifest.label(row),
+            "clip": key.clip,
+            "start_sec": clip.start_sec,
+            "path": str(path),
+            "valid": True,
+        }
+        if "video" in self.modalities:
+            sample["video"] = self._video(clip.frames, rng if self.train else None)
+        if self.need_audio:
+            assert clip.audio is not None
+            logmel = self.logmel(torch.from_numpy(clip.audio)).unsqueeze(0)
+            if self.train and self.config.spec_augment:
+                logmel = spec_augment(logmel, rng)
+            sample["audio"] = logmel
+        return sample
+
+    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+        cfg = self.config
+        if rng is not None and 0 < cfg.train_frames < len(frames):
+            keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
+            frames = frames[keep]
+        frames = crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
+        video = to_float_video(frames)
+        if rng is not None and cfg.augment == "strong":
+            video = strong_augment(video, rng)
+        return normalize_video(video)
+
+    def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:
+        cfg = self.config
+        sample: dict[str, Any] = {
+            "index": row,
+            "label": self.manifest.label(row),
+            "clip": key.clip,
+            "start_sec": 0.0,
+            "path": str(self.manifest.path(row)),
+            "valid": False,
+            "failures": failures,
+        }
+        if "video" in self.modalities:
+            size = cfg.crop_size
+            sample["video"] = torch.zeros(3, cfg.num_frames, size, size)
+        if self.need_audio:
+            sample["audio"] = torch.zeros(1, cfg.n_mels, cfg.audio_frames)
+        return sample
+
+
+def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep strings as lists, and flatten the failures of all samples."""
+    batch: dict[str, Any] = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if name == "failures":
+            batch[name] = [f for v in values for f in v]
+        elif isinstance(values[0], torch.Tensor):
+            batch[name] = torch.stack(values)
+        elif isinstance(values[0], (bool, int, float)):
+            batch[name] = torch.tensor(values)
+        else:
+            batch[name] = values
+    return batch
+
+
+def worker_init(worker_id: int) -> None:
+    """One thread per DataLoader worker: the workers are the parallelism."""
+    torch.set_num_threads(1)
+    info = get_worker_info()
+    if info is not None:
+        np.random.seed(info.seed % 2**32)
+
+
+def epoch_keys(
+    rows: Sequence[int],
+    num_samples: int,
+    seed: int,
+    epoch: Sequence[int],
+    weights: np.ndarray | None = None,
+) -> list[ClipKey]:
+    """The clip keys of one epoch, a pure function of (seed, epoch).
+
+    Without ``weights``: every row in a random order, repeated to ``num_samples``. With
+    ``weights`` (one per row, e.g. cluster-balanced): ``num_samples`` rows drawn with replacement.
+    """
+    rng = np.random.default_rng([seed, *epoch])
+    rows_arr = np.asarray(rows)
+    if weights is None:
+        reps = -(-num_samples // len(rows_arr))
+        order = np.concatenate([rng.permutation(rows_arr) for _ in range(reps)])[:num_samples]
+    else:
+        p = np.asarray(weights, dtype=np.float64)
+        order = rng.choice(rows_arr, size=num_samples, replace=True, p=p / p.sum())
+    seeds = rng.integers(0, 2**62, size=num_samples)
+    return [ClipKey(int(r), int(s)) for r, s in zip(order, seeds, strict=True)]
+
+
+class KeySampler(Sampler[ClipKey]):
+    """Yields a precomputed list of keys, this process's share when distributed (rank::world)."""
+
+    def __init__(self, keys: Sequence[ClipKey], rank: int = 0, world_size: int = 1) -> None:
+        self.keys = list(keys)[rank::world_size]
+
+    def __iter__(self) -> Iterator[ClipKey]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def fixed_keys(rows: Sequence[int], num_clips: int = 1) -> list[ClipKey]:
+    """Keys of ``num_clips`` uniformly spaced clips per row (evaluation and feature extraction)."""
+    return [
+        ClipKey(int(r), seed=0, clip=j, num_clips=num_clips) for r in rows for j in range(num_clips)
+    ]

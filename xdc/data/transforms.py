@@ -1,0 +1,102 @@
+"""Clip transforms: crops and flips on uint8 frames (cheap slicing first), then float conversion,
+optional strong per-clip augmentation, normalisation with the Kinetics statistics.
+
+All randomness comes from a ``numpy.random.Generator`` the caller passes in, so a clip is a pure
+function of its sample key (deterministic across DataLoader workers and resumes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from xdc.config import VIDEO_MEAN, VIDEO_STD
+
+
+def crop_box(
+    height: int, width: int, size: int, rng: np.random.Generator | None
+) -> tuple[int, int]:
+    """Top-left corner of a ``size`` square crop: random when ``rng`` is given, centred otherwise."""
+    if height < size or width < size:
+        raise ValueError(f"frames of {height}x{width} are smaller than the crop size {size}")
+    if rng is None:
+        return (height - size) // 2, (width - size) // 2
+    return int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+
+
+def crop_and_flip(
+    frames: np.ndarray, size: int, rng: np.random.Generator | None, flip: bool
+) -> np.ndarray:
+    """(T, H, W, 3) uint8 → (T, size, size, 3) uint8: a view when no flip is drawn."""
+    top, left = crop_box(frames.shape[1], frames.shape[2], size, rng)
+    out = frames[:, top : top + size, left : left + size]
+    if flip and rng is not None and rng.random() < 0.5:
+        out = out[:, :, ::-1]
+    return out
+
+
+def to_float_video(frames: np.ndarray) -> Tensor:
+    """(T, H, W, 3) uint8 → (T, 3, H, W) float32 in [0, 1]."""
+    video = torch.from_numpy(np.ascontiguousarray(frames))
+    return video.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize_video(video: Tensor) -> Tensor:
+    """(T, 3, H, W) in [0, 1] → (3, T, H, W) normalised with the Kinetics mean and std [V]."""
+    mean = torch.tensor(VIDEO_MEAN, dtype=video.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(VIDEO_STD, dtype=video.dtype).view(1, 3, 1, 1)
+    return ((video - mean) / std).permute(1, 0, 2, 3).contiguous()
+
+
+def strong_augment(video: Tensor, rng: np.random.Generator) -> Tensor:
+    """The same random affine and colour change applied to every frame of one clip.
+
+    Rotation ±20°, scale 0.8–1.2, shear ±10°, translation ±10%, brightness/contrast ±30%,
+    saturation 0.6–1.4, random grey (p = 0.1). Input and output (T, 3, H, W) in [0, 1].
+    """
+    angle = math.radians(rng.uniform(-20, 20))
+    shear = math.radians(rng.uniform(-10, 10))
+    scale = rng.uniform(0.8, 1.2)
+    tx, ty = rng.uniform(-0.1, 0.1, size=2) * 2
+    cos, sin = math.cos(angle), math.sin(angle)
+    # Inverse map (output → input coordinates) of rotation∘shear∘scale, in normalised coordinates.
+    matrix = torch.tensor(
+        [[cos / scale, (-sin + math.tan(shear) * cos) / scale, tx], [sin / scale, cos / scale, ty]],
+        dtype=video.dtype,
+    )
+    grid = F.affine_grid(
+        matrix.expand(video.shape[0], 2, 3), list(video.shape), align_corners=False
+    )
+    video = F.grid_sample(
+        video, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
+    brightness = rng.uniform(0.7, 1.3)
+    contrast = rng.uniform(0.7, 1.3)
+    saturation = rng.uniform(0.6, 1.4)
+    grey = video.mul(torch.tensor([0.299, 0.587, 0.114], dtype=video.dtype).view(1, 3, 1, 1))
+    grey = grey.sum(dim=1, keepdim=True)
+    to_grey = rng.random() < 0.1
+    video = grey.expand_as(video) if to_grey else grey + (video - grey) * saturation
+    mean = video.mean(dim=(1, 2, 3), keepdim=True)
+    video = (video - mean) * contrast + mean
+    return (video * brightness).clamp_(0.0, 1.0)
+
+
+def spec_augment(
+    logmel: Tensor, rng: np.random.Generator, max_freq: float = 0.15, max_time: float = 0.15
+) -> Tensor:
+    """One frequency band and one time span of a (1, n_mels, n_frames) log-mel set to its mean."""
+    out = logmel.clone()
+    fill = out.mean()
+    n_mels, n_frames = out.shape[-2:]
+    width = int(rng.integers(0, int(max_freq * n_mels) + 1))
+    start = int(rng.integers(0, n_mels - width + 1))
+    out[..., start : start + width, :] = fill
+    width = int(rng.integers(0, int(max_time * n_frames) + 1))
+    start = int(rng.integers(0, n_frames - width + 1))
+    out[..., :, start : start + width] = fill
+    return out

@@ -1,0 +1,60 @@
+"""Build the two encoders a config describes, and load them back from a run's checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from xdc.checkpoint import load_checkpoint
+from xdc.config import ModelConfig, PretrainConfig, config_from_dict
+from xdc.errors import CheckpointError
+from xdc.models import build_audio_encoder, build_video_encoder
+from xdc.models.weights import load_encoder_state
+
+
+def build_encoders(model: ModelConfig, n_mels: int) -> dict[str, nn.Module]:
+    """``{"video": …, "audio": …}`` as the config says, randomly initialised (seed beforehand)."""
+    if model.video == "r2plus1d_18":
+        video = build_video_encoder(
+            "r2plus1d_18",
+            mid_rule=model.video_mid_rule,
+            width=model.video_width,
+            bn_eps=model.bn_eps,
+        )
+    elif model.video == "frame2d":
+        video = build_video_encoder(
+            "frame2d", width=model.video_width, temporal_pool=model.video_temporal_pool
+        )
+    else:
+        video = build_video_encoder(model.video, width=model.video_width)
+    audio = build_audio_encoder(
+        model.audio, width=model.audio_width, n_mels=n_mels, pool=model.audio_pool
+    )
+    return {"video": video, "audio": audio}
+
+
+def load_encoders(
+    run_or_file: str | Path,
+) -> tuple[dict[str, nn.Module], PretrainConfig, dict[str, Any]]:
+    """Encoders of a run (or checkpoint file) with their trained weights, strictly loaded.
+
+    Returns (encoders in eval mode, the run's config, the checkpoint's metadata without weights).
+    """
+    state = load_checkpoint(run_or_file)
+    try:
+        config = config_from_dict(state["config"])
+        weights = state["encoders"]
+    except KeyError as err:
+        raise CheckpointError(
+            f"{run_or_file}: checkpoint lacks {err}; was it written by xdc pretrain?"
+        ) from err
+    encoders = build_encoders(config.model, config.data.n_mels)
+    for name, enc in encoders.items():
+        if name not in weights:
+            raise CheckpointError(f"{run_or_file}: checkpoint has no {name} encoder")
+        load_encoder_state(enc, weights[name], ignore_prefixes=())
+        enc.eval()
+    meta = {k: v for k, v in state.items() if k not in ("encoders", "heads", "optimizer", "scaler")}
+    return encoders, config, meta
