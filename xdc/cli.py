@@ -147,11 +147,18 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=lambda a: cmd_config(a.preset, a.method, a.overrides))
 
 
+def _evaluation_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    from xdc.evaluation.report import add_report_parser
+
+    return [add_report_parser]
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_demo_data,
     _add_index,
     _add_pretrain,
     _add_config,
+    *_evaluation_commands(),
 ]
 
 

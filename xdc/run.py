@@ -50,15 +50,20 @@ class RunContext:
             print(message, flush=True)
 
     def loader(
-        self, dataset: ClipDataset, keys: Sequence[ClipKey], shard: bool = True
+        self,
+        dataset: ClipDataset,
+        keys: Sequence[ClipKey],
+        shard: bool = True,
+        contiguous: bool = False,
     ) -> DataLoader:
-        """A DataLoader over exactly these keys (this process's share when ``shard``)."""
+        """A DataLoader over exactly these keys (this process's share when ``shard``; a
+        contiguous block of them when ``contiguous``, see ``KeySampler``)."""
         rank, world = (dist.rank(), dist.world_size()) if shard else (0, 1)
         workers = self.config.data.num_workers
         return DataLoader(
             dataset,
             batch_size=self.config.train.batch_size,
-            sampler=KeySampler(keys, rank, world),
+            sampler=KeySampler(keys, rank, world, contiguous),
             num_workers=workers,
             collate_fn=collate_clips,
             worker_init_fn=worker_init,

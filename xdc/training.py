@@ -129,6 +129,7 @@ def pretrain(
             checkpoint(run, state, model, optimizer, scaler, log)
         run_iteration(state, model, train_model, optimizer, scaler, run, log)
     state.finished = True
+    check_replicas_agree(model)
     checkpoint(run, state, model, optimizer, scaler, log)
     log.write("finished", step=state.step, iterations=state.iteration)
     log.close()
@@ -212,7 +213,7 @@ def run_extraction(
             enc = calibrated_copy(enc, inputs, run.device)
         encoders[m] = enc.eval()
     keys = fixed_keys(rows)
-    loader = run.loader(run.eval_set, keys)
+    loader = run.loader(run.eval_set, keys, contiguous=True)
     feats = extract_features(
         encoders, loader, run.device, progress=run.progress, total=len(loader), desc="extract"
     )
@@ -429,6 +430,18 @@ def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def check_replicas_agree(model: nn.Module) -> None:
+    """In a distributed run, every process must end with the same weights (DDP keeps them in
+    step); a difference means a bug or a broken collective, so stop rather than save one copy."""
+    if not dist.is_distributed():
+        return
+    with torch.no_grad():
+        local = torch.stack([p.detach().double().sum().cpu() for p in model.parameters()])
+    total = dist.all_reduce_sum(local.clone())
+    if not torch.allclose(total, local * dist.world_size(), rtol=1e-9, atol=1e-9):
+        raise TrainingDiverged("the processes of this distributed run ended with different weights")
 
 
 def checkpoint(

@@ -265,10 +265,22 @@ def epoch_keys(
 
 
 class KeySampler(Sampler[ClipKey]):
-    """Yields a precomputed list of keys, this process's share when distributed (rank::world)."""
+    """Yields a precomputed list of keys, this process's share when distributed.
 
-    def __init__(self, keys: Sequence[ClipKey], rank: int = 0, world_size: int = 1) -> None:
-        self.keys = list(keys)[rank::world_size]
+    The share is strided (``rank::world``) for training, or a contiguous block when
+    ``contiguous``: feature extraction uses blocks so that concatenating the shards in rank order
+    gives the single-process order, which distributed k-means relies on.
+    """
+
+    def __init__(
+        self, keys: Sequence[ClipKey], rank: int = 0, world_size: int = 1, contiguous: bool = False
+    ) -> None:
+        keys = list(keys)
+        if contiguous:
+            n = len(keys)
+            self.keys = keys[rank * n // world_size : (rank + 1) * n // world_size]
+        else:
+            self.keys = keys[rank::world_size]
 
     def __iter__(self) -> Iterator[ClipKey]:
         return iter(self.keys)
