@@ -56,7 +56,8 @@ def load_checkpoint(run_or_file: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: cannot be read as an xdc checkpoint ({err})") from err
+        reason = " ".join(str(err).split())[:300]  # torch's messages span many lines
+        raise CheckpointError(f"{path}: cannot be read as an xdc checkpoint ({reason})") from err
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: not an xdc checkpoint of format {FORMAT_VERSION} "

@@ -148,9 +148,10 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluation_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    from xdc.evaluation.finetune_cli import add_finetune_parser
     from xdc.evaluation.report import add_report_parser
 
-    return [add_report_parser]
+    return [add_finetune_parser, add_report_parser]
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [

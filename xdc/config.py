@@ -334,8 +334,10 @@ def _override_items(overrides: Mapping[str, Any] | Sequence[str]) -> list[tuple[
 
 
 def _override(config: PretrainConfig, key: str, value: Any) -> PretrainConfig:
-    if key in ("method", "preset"):
-        return replace(config, **{key: str(value)})
+    if key == "method":
+        return replace(config, method=str(value))
+    if key == "preset":
+        return replace(config, preset=str(value))
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
         raise ConfigError(

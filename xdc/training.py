@@ -59,7 +59,7 @@ class DeepClusteringModel(nn.Module):
         self.heads = nn.ModuleDict(
             {
                 method.head_name(enc, name): ClassifierHead(
-                    encoders[enc].num_features, num_classes[name]
+                    _num_features(encoders[enc]), num_classes[name]
                 )
                 for enc, name in method.heads()
             }
@@ -74,6 +74,11 @@ class DeepClusteringModel(nn.Module):
             )
             for enc, name in self.method.heads()
         }
+
+
+def _num_features(encoder: nn.Module) -> int:
+    """The encoder contract's ``num_features`` (D of ``forward_features``)."""
+    return int(getattr(encoder, "num_features"))  # noqa: B009 - nn.Module types it as Tensor | Module
 
 
 @dataclass
@@ -225,6 +230,7 @@ def reset_heads(model: DeepClusteringModel, optimizer: torch.optim.Optimizer, se
     """DeepCluster's re-initialisation: N(0, 0.01) weights, zero bias, no momentum carried over."""
     gen = torch.Generator().manual_seed(seed)
     for head in model.heads.values():
+        assert isinstance(head, ClassifierHead)
         head.reset_parameters(generator=gen)
         for p in head.parameters():
             optimizer.state.pop(p, None)
@@ -359,6 +365,7 @@ def train_one_epoch(
     return {
         "loss": total_loss / max(1, seen),
         "acc": total_acc / max(1, seen),
+        "clips": seen * dist.world_size(),
         "clips_per_s": seen * dist.world_size() / max(1e-9, elapsed),
     }
 

@@ -241,7 +241,7 @@ def worker_init(worker_id: int) -> None:
 
 
 def epoch_keys(
-    rows: Sequence[int],
+    rows: Sequence[int] | np.ndarray,
     num_samples: int,
     seed: int,
     epoch: Sequence[int],
@@ -289,7 +289,7 @@ class KeySampler(Sampler[ClipKey]):
         return len(self.keys)
 
 
-def fixed_keys(rows: Sequence[int], num_clips: int = 1) -> list[ClipKey]:
+def fixed_keys(rows: Sequence[int] | np.ndarray, num_clips: int = 1) -> list[ClipKey]:
     """Keys of ``num_clips`` uniformly spaced clips per row (evaluation and feature extraction)."""
     return [
         ClipKey(int(r), seed=0, clip=j, num_clips=num_clips) for r in rows for j in range(num_clips)

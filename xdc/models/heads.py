@@ -28,7 +28,9 @@ class ClassifierHead(nn.Linear):
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Weights ~ N(0, 0.01) (drawn from ``generator`` when given, for exact resumes), bias 0."""
-        nn.init.normal_(self.weight, mean=0.0, std=0.01, generator=generator)
+        # Drawn on the CPU, then copied: the same weights whatever the device of the head.
+        with torch.no_grad():
+            self.weight.copy_(torch.empty(self.weight.shape).normal_(0.0, 0.01, generator=generator))
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 

@@ -1,0 +1,135 @@
+"""Pretraining-loop benchmark: the whole loop against model-only steps of the same shapes.
+
+    make bench-train           # or: .venv/bin/python benchmarks/train.py [--steps 60]
+
+For each configuration, in the same run:
+- model only: forward, cross-entropy on every head, backward and SGD step of the method's model
+  (both encoders and their heads) on random tensors of the loop's batch shapes, no data loading;
+- the loop: ``xdc.training.pretrain`` on the demo videos (decoding or the RAM cache,
+  augmentation, log-mel, sampling, logging, checkpoints), clips/s of its training epochs after
+  the first (warm-up) one, as logged in metrics.jsonl.
+The ratio loop / model-only is the share of the time the loop spends training the model.
+
+Configurations: ``tiny`` (the demo's preset: RAM cache, no workers) and ``stream`` (a narrow
+R(2+1)D-18 at 8×112×112 with clips decoded from disk by 2 DataLoader workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from xdc.config import PretrainConfig, build_config  # noqa: E402
+from xdc.data.demo import generate_demo_data  # noqa: E402
+from xdc.data.manifest import read_manifest  # noqa: E402
+from xdc.encoders import build_encoders  # noqa: E402
+from xdc.methods import get_method  # noqa: E402
+from xdc.runlog import read_metrics  # noqa: E402
+from xdc.training import DeepClusteringModel, pretrain  # noqa: E402
+
+CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
+    "tiny": ("tiny", {}),
+    "stream": (
+        "paper-kinetics",
+        {
+            "model.video_width": 16,
+            "model.audio_width": 16,
+            "data.fps": 8.0,
+            "data.num_workers": 2,
+            "cluster.k": 16,
+            "cluster.pca_dim": 32,
+            "cluster.bn_recalibration_clips": 32,
+            "train.batch_size": 8,
+        },
+    ),
+}
+
+
+def model_only(config: PretrainConfig, steps: int) -> float:
+    """Clips/s of training steps on random tensors shaped like the loop's batches."""
+    method = get_method(config.method)
+    d, b = config.data, config.train.batch_size
+    frames = d.train_frames or d.num_frames
+    model = DeepClusteringModel(
+        build_encoders(config.model, d.n_mels),
+        method,
+        {"video": config.cluster.k, "audio": config.cluster.k},
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    inputs = {
+        "video": torch.randn(b, 3, frames, d.crop_size, d.crop_size),
+        "audio": torch.randn(b, 1, d.n_mels, d.audio_frames),
+    }
+    target = torch.randint(0, config.cluster.k, (b,))
+    model.train()
+    start = 0.0
+    for i in range(steps + 5):
+        if i == 5:
+            start = time.perf_counter()
+        logits = model(inputs)
+        loss = sum(F.cross_entropy(v, target) for v in logits.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[union-attr]
+        optimizer.step()
+    return steps * b / (time.perf_counter() - start)
+
+
+def loop(config: PretrainConfig, manifest: Path, work: Path) -> float:
+    """Clips/s of the loop's training epochs after the first."""
+    out = work / f"run-{config.preset}"
+    shutil.rmtree(out, ignore_errors=True)
+    pretrain(config, manifest, out, progress=False)
+    epochs = read_metrics(out, "epoch")[1:]
+    seconds = sum(e["clips"] / e["clips_per_s"] for e in epochs)
+    return sum(e["clips"] for e in epochs) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", default=str(ROOT / ".cache" / "bench-demo"), help="demo data folder"
+    )
+    parser.add_argument("--steps", type=int, default=60, help="model-only steps per configuration")
+    parser.add_argument("--epochs", type=int, default=3, help="loop epochs per configuration")
+    parser.add_argument("--configs", default="tiny,stream")
+    args = parser.parse_args()
+    data = Path(args.data)
+    if not (data / "manifest.csv").is_file():
+        print(f"generating demo data in {data} …", flush=True)
+        generate_demo_data(data, classes=10, per_class=40, seed=0, progress=False)
+    manifest = data / "manifest.csv"
+    n_train = len(read_manifest(manifest).select("train"))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs.split(","):
+            preset, overrides = CONFIGS[name]
+            per_epoch = max(1, n_train // 2)
+            config = build_config(
+                preset,
+                {**overrides, "train.iterations": 1, "train.max_epochs": args.epochs,
+                 "train.clips_per_epoch": per_epoch, "train.val_fraction": 0.05},
+            )  # fmt: skip
+            rows.append((name, model_only(config, args.steps), loop(config, manifest, Path(tmp))))
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {n_train} training videos"
+    )
+    print(f"{'config':8} {'model-only clips/s':>19} {'loop clips/s':>13} {'loop / model':>13}")
+    for name, alone, looped in rows:
+        print(f"{name:8} {alone:19.1f} {looped:13.1f} {looped / alone:12.2f}×")
+    print("target: loop ≥ 0.9× model-only")
+
+
+if __name__ == "__main__":
+    main()
