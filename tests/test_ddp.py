@@ -19,7 +19,9 @@ from xdc.training import pretrain
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_two_process_run_equals_single_process_clustering(demo_manifest: Path, tmp_path: Path) -> None:
+def test_two_process_run_equals_single_process_clustering(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
     single = tmp_path / "single"
     pretrain(tiny_config("xdc"), demo_manifest, single, progress=False)
 

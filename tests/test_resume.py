@@ -47,7 +47,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def _kill_mid_epoch(cmd: list[str], run: Path, iteration: int, epoch: int, timeout: float = 180) -> None:
+def _kill_mid_epoch(
+    cmd: list[str], run: Path, iteration: int, epoch: int, timeout: float = 180
+) -> None:
     """Start the run and SIGKILL it once a training step of (iteration, epoch) is logged."""
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout
@@ -70,7 +72,9 @@ def _kill_mid_epoch(cmd: list[str], run: Path, iteration: int, epoch: int, timeo
             proc.kill()
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(demo_manifest: Path, tmp_path: Path) -> None:
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(_command(demo_manifest, straight), env=_env(), check=True, capture_output=True)
 
@@ -78,7 +82,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(demo_manifest: Path, tmp
     _kill_mid_epoch(_command(demo_manifest, killed), killed, iteration=0, epoch=1)
     assert load_checkpoint(killed)["loop"]["epoch"] == 1, "the checkpoint of epoch 1 was kept"
     _kill_mid_epoch(_command(demo_manifest, killed), killed, iteration=1, epoch=0)
-    done = subprocess.run(_command(demo_manifest, killed), env=_env(), capture_output=True, text=True)
+    done = subprocess.run(
+        _command(demo_manifest, killed), env=_env(), capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "resuming" in done.stdout
 
@@ -88,5 +94,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(demo_manifest: Path, tmp
     assert not different, f"weights differ after resume: {different[:5]}"
     # The metrics log holds each step once, as if the run had never been interrupted.
     steps = [(r["iteration"], r["epoch"], r["step"]) for r in read_metrics(killed, "train")]
-    assert steps == [(r["iteration"], r["epoch"], r["step"]) for r in read_metrics(straight, "train")]
-    assert json.loads((killed / "config.json").read_text()) == json.loads((straight / "config.json").read_text())
+    assert steps == [
+        (r["iteration"], r["epoch"], r["step"]) for r in read_metrics(straight, "train")
+    ]
+    assert json.loads((killed / "config.json").read_text()) == json.loads(
+        (straight / "config.json").read_text()
+    )

@@ -73,6 +73,70 @@ def cmd_config(
     return 0
 
 
+def cmd_demo(
+    out: str = "demo",
+    classes: int = 10,
+    per_class: int = 100,
+    seeds: str = "0",
+    preset: str = "tiny",
+    overrides: Sequence[str] = (),
+    clips: int = 1,
+    device: str | None = None,
+    progress: bool = True,
+) -> int:
+    """Generate the demo data, pretrain XDC / SDC / supervised, probe them against random init."""
+    from xdc.demo import run_demo
+    from xdc.errors import ConfigError
+
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2"
+        ) from None
+    run_demo(out, classes, per_class, seed_list or [0], preset, overrides, clips, device, progress)
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the end-to-end demo: demo data, XDC vs SDC vs supervised vs random, one table",
+        description="Generates the demo videos (unless OUT/data exists), pretrains XDC, SDC and a "
+        "supervised upper bound with one preset and budget, linear-probes their video and audio "
+        "encoders against a random-init lower bound, prints one table, writes OUT/demo.json and "
+        "the XDC run's report. Re-running resumes.",
+    )
+    p.add_argument("--out", default="demo", help="output folder (default: demo)")
+    p.add_argument("--classes", type=int, default=10, help="demo classes (default 10)")
+    p.add_argument("--per-class", type=int, default=100, help="demo videos per class (default 100)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; the table shows mean ± std")
+    p.add_argument("--preset", default="tiny", help="pretraining preset (default tiny)")
+    p.add_argument(
+        "--clips",
+        type=int,
+        default=1,
+        help="clips per video in the probes (default 1: the demo's "
+        "2-second videos hold one clip of the tiny preset)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", help="pretraining config overrides, section.key=value")
+    p.set_defaults(
+        run=lambda a: cmd_demo(
+            a.out,
+            a.classes,
+            a.per_class,
+            a.seeds,
+            a.preset,
+            a.overrides,
+            a.clips,
+            a.device,
+            not a.no_progress,
+        )
+    )
+
+
 def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="generate the procedural demo videos with sound")
     p.add_argument("out", help="output folder: OUT/<class>/<id>.mp4 and OUT/manifest.csv")
@@ -148,13 +212,15 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluation_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    from xdc.evaluation.commands import EVALUATION_COMMANDS
     from xdc.evaluation.finetune_cli import add_finetune_parser
     from xdc.evaluation.report import add_report_parser
 
-    return [add_finetune_parser, add_report_parser]
+    return [*EVALUATION_COMMANDS, add_finetune_parser, add_report_parser]
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_demo,
     _add_demo_data,
     _add_index,
     _add_pretrain,

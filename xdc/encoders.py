@@ -54,7 +54,9 @@ def load_encoders(
     for name, enc in encoders.items():
         if name not in weights:
             raise CheckpointError(f"{run_or_file}: checkpoint has no {name} encoder")
-        load_encoder_state(enc, weights[name], ignore_prefixes=(), source=f"{run_or_file} ({name} encoder)")
+        load_encoder_state(
+            enc, weights[name], ignore_prefixes=(), source=f"{run_or_file} ({name} encoder)"
+        )
         enc.eval()
     meta = {k: v for k, v in state.items() if k not in ("encoders", "heads", "optimizer", "scaler")}
     return encoders, config, meta

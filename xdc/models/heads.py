@@ -30,7 +30,9 @@ class ClassifierHead(nn.Linear):
         """Weights ~ N(0, 0.01) (drawn from ``generator`` when given, for exact resumes), bias 0."""
         # Drawn on the CPU, then copied: the same weights whatever the device of the head.
         with torch.no_grad():
-            self.weight.copy_(torch.empty(self.weight.shape).normal_(0.0, 0.01, generator=generator))
+            self.weight.copy_(
+                torch.empty(self.weight.shape).normal_(0.0, 0.01, generator=generator)
+            )
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 

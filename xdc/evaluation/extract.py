@@ -1,0 +1,352 @@
+"""Frozen-encoder features of the videos of a manifest, the same way for every encoder.
+
+Every evaluation goes through ``FeatureExtractor``:
+
+1. **BatchNorm recalibration** (METHOD.md lesson): before extracting, each encoder — random or
+   trained — gets its BatchNorm statistics recomputed (``xdc.features.calibrated_copy``) on
+   ``bn_clips`` clips of the *training* rows. The clips are a fixed function of those rows and the
+   number asked for (never of the encoder), so every encoder compared sees the same clips. It is
+   done once per encoder and extractor, however many splits are extracted afterwards.
+2. **Clips**: ``clips`` uniformly spaced clips per video (``xdc.data.datasets.fixed_keys``), centre
+   crop, no augmentation. Audio windows are centred on the video clips.
+3. ``ClipFeatures`` per modality: one row per clip; ``.video_level()`` averages them per video.
+
+Rows of the features are rows of the *whole* manifest, so the splits of one manifest join.
+Rows without an audio track are left out of audio features (counted on stderr); a video that
+fails to decode is left out and listed in ``ClipFeatures.failures``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from xdc.config import DataConfig
+from xdc.data.cache import ClipCache
+from xdc.data.datasets import (
+    ClipDataset,
+    ClipKey,
+    KeySampler,
+    collate_clips,
+    fixed_keys,
+    worker_init,
+)
+from xdc.data.manifest import Manifest
+from xdc.errors import DataError
+from xdc.evaluation.encoders import EvalEncoders
+from xdc.features import ClipFeatures, calibrated_copy, extract_features
+from xdc.run import resolve_device
+
+log = logging.getLogger(__name__)
+MODALITIES = ("video", "audio")
+CALIBRATION_SEED = 0
+"""Seed of the choice of BatchNorm calibration clips: fixed, so every encoder sees the same ones."""
+
+
+def split_rows(manifest: Manifest, split: str | None, flag: str = "--split") -> list[int]:
+    """Rows of ``manifest`` in ``split`` (all rows for None); an empty split raises ``DataError``."""
+    if split is None:
+        return list(range(len(manifest)))
+    rows = [i for i, r in enumerate(manifest.rows) if r.get("split", "") == split]
+    if not rows:
+        found = ", ".join(repr(s) for s in manifest.splits()) or "none"
+        raise DataError(
+            f"{manifest.source or manifest.root}: split {split!r} ({flag}) has no rows (splits "
+            f"present: {found}); pass another {flag} or fill the manifest's 'split' column"
+        )
+    return rows
+
+
+def require_labels(
+    manifest: Manifest, rows: Sequence[int], split: str | None, flag: str, min_classes: int = 2
+) -> None:
+    """Raise ``DataError`` unless every row has a label and there are ``min_classes`` classes."""
+    where = f"split {split!r} ({flag})" if split else f"the manifest ({flag})"
+    source = manifest.source or manifest.root
+    missing = [i for i in rows if not manifest.rows[i].get("label", "")]
+    if missing:
+        raise DataError(
+            f"{source}: {len(missing)} of {len(rows)} rows of {where} have no label (first: "
+            f"{manifest.rows[missing[0]].get('path')}); fill the 'label' column or choose a "
+            "split whose rows are all labelled"
+        )
+    classes = {manifest.rows[i]["label"] for i in rows}
+    if len(classes) < min_classes:
+        raise DataError(
+            f"{source}: {where} has {len(classes)} class(es) ({', '.join(sorted(classes))}); "
+            f"a classifier needs at least {min_classes}: use a split with more classes"
+        )
+
+
+def calibration_keys(
+    rows: Sequence[int], num_clips: int, seed: int = CALIBRATION_SEED
+) -> list[ClipKey]:
+    """``num_clips`` clips of ``rows`` for BatchNorm statistics, in a shuffled order.
+
+    Each video contributes ``ceil(num_clips / len(rows))`` uniformly spaced clips (one, the
+    centre clip, when there are enough videos), then ``num_clips`` of them are drawn. The result
+    depends only on the arguments, so every encoder evaluated gets the same clips. Shuffled, so
+    that each batch is a sample of the whole set rather than the clips of a few videos.
+    """
+    if num_clips <= 0 or not rows:
+        return []
+    per_row = math.ceil(num_clips / len(rows))
+    keys = fixed_keys(rows, per_row)
+    rng = np.random.default_rng(seed)
+    pick = rng.permutation(len(keys))[:num_clips]
+    return [keys[i] for i in pick]
+
+
+class EvalClips:
+    """Evaluation clips (centre crop, fixed positions) of the rows of one manifest.
+
+    One dataset per modality; when ``data.cache=memory`` one in-RAM cache of the rows in
+    ``cache_rows`` (decoded with audio when audio is asked for) serves both.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        data_config: DataConfig,
+        modalities: Sequence[str],
+        batch_size: int,
+        cache_rows: Sequence[int] = (),
+        progress: bool = True,
+    ) -> None:
+        self.manifest = manifest
+        self.data_config = data_config
+        self.batch_size = batch_size
+        self.datasets = {
+            m: ClipDataset(
+                manifest, self.data_config, train=False, modalities=(m,), replace_failed=False
+            )
+            for m in modalities
+        }
+        self.has_audio = {i for i in range(len(manifest)) if manifest.has_audio(i)}
+        if self.data_config.cache == "memory" and cache_rows:
+            self._build_cache(list(cache_rows), progress)
+
+    def _build_cache(self, rows: list[int], progress: bool) -> None:
+        owner = self.datasets.get("audio") or next(iter(self.datasets.values()))
+        if "audio" in self.datasets:
+            rows = [r for r in rows if r in self.has_audio]
+        limit = int(self.data_config.cache_gib * 2**30)
+        cache = ClipCache(self.manifest, sorted(set(rows)), owner.spec, limit, progress)
+        # The audio spec differs from the video one only by its audio window: clips cut for the
+        # video dataset simply ignore it. Rows without audio are not cached and decode from disk.
+        for dataset in self.datasets.values():
+            dataset.cache = cache
+
+    def usable_rows(self, rows: Sequence[int], modality: str) -> list[int]:
+        """``rows`` this modality can use (audio needs an audio track); reports what it drops."""
+        if modality != "audio":
+            return list(rows)
+        kept = [r for r in rows if r in self.has_audio]
+        if len(kept) < len(rows):
+            print(
+                f"xdc: {len(rows) - len(kept)} videos without audio left out of audio features",
+                file=sys.stderr,
+            )
+        return kept
+
+    def loader(self, modality: str, keys: Sequence[ClipKey]) -> DataLoader:
+        """Batches of the clips of ``keys`` for one modality, in the order of the keys."""
+        workers = self.data_config.num_workers
+        return DataLoader(
+            self.datasets[modality],
+            batch_size=self.batch_size,
+            sampler=KeySampler(keys),
+            num_workers=workers,
+            collate_fn=collate_clips,
+            worker_init_fn=worker_init,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+        )
+
+
+class FeatureExtractor:
+    """Features of an ``EvalEncoders`` on ``EvalClips``, BatchNorm recalibrated once per encoder.
+
+    Args:
+        source: the encoders to evaluate.
+        clips: where clips come from.
+        calibration_rows: training rows whose clips recompute the BatchNorm statistics.
+        bn_clips: clips used for that (0 = keep the stored statistics; unfair to random encoders).
+        device: ``cpu``, ``cuda``… (None: CUDA when available).
+        progress: progress bars on stderr.
+    """
+
+    def __init__(
+        self,
+        source: EvalEncoders,
+        clips: EvalClips,
+        calibration_rows: Sequence[int],
+        bn_clips: int = 512,
+        device: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.source = source
+        self.clips = clips
+        self.calibration_rows = list(calibration_rows)
+        self.bn_clips = bn_clips
+        self.device = resolve_device(device)
+        self.progress = progress
+        self._calibrated: dict[str, nn.Module] = {}
+        self.calibration_counts: dict[str, int] = {}
+        """Clips each modality's BatchNorm statistics were computed on."""
+
+    def calibrated(self, modality: str) -> nn.Module:
+        """The encoder of ``modality`` on the device, BatchNorm recalibrated (once, then cached)."""
+        if modality not in self._calibrated:
+            encoder = self.source.encoders[modality].to(self.device)
+            rows = self.clips.usable_rows(self.calibration_rows, modality)
+            keys = calibration_keys(rows, self.bn_clips)
+            if keys:
+                counter = _Counter()
+                inputs = counter.count(self._valid_inputs(modality, keys))
+                encoder = calibrated_copy(encoder, inputs, self.device)
+                self.calibration_counts[modality] = counter.seen
+            else:
+                self.calibration_counts[modality] = 0
+            self._calibrated[modality] = encoder.eval()
+        return self._calibrated[modality]
+
+    def _valid_inputs(self, modality: str, keys: Sequence[ClipKey]) -> Iterator[Tensor]:
+        loader = self.clips.loader(modality, keys)
+        bar = tqdm(loader, desc=f"{modality} BN statistics", disable=not self.progress, leave=False)
+        for batch in bar:
+            valid = batch["valid"].bool()
+            if valid.any():
+                yield batch[modality][valid]
+
+    def extract(
+        self, rows: Sequence[int], modalities: Sequence[str], clips: int
+    ) -> dict[str, ClipFeatures]:
+        """``{modality: ClipFeatures}`` of ``clips`` uniformly spaced clips of each row.
+
+        Features are (N, D) float32 CPU tensors, N = rows × clips minus failed or audio-less rows.
+        """
+        out = {}
+        for m in modalities:
+            usable = self.clips.usable_rows(rows, m)
+            keys = fixed_keys(usable, clips)
+            loader = self.clips.loader(m, keys)
+            feats = extract_features(
+                {m: self.calibrated(m)},
+                loader,
+                self.device,
+                progress=self.progress,
+                total=len(loader),
+                desc=f"{m} features",
+            )
+            for failure in dict.fromkeys(feats.failures):
+                print(f"xdc: skipped unreadable video {failure}", file=sys.stderr)
+            if feats.rows.size == 0:
+                raise DataError(
+                    f"{self.clips.manifest.source}: no clip of the {len(rows)} videos asked for could "
+                    f"be read for {m} features; check the files listed above or re-run `xdc index`"
+                )
+            out[m] = feats
+        return out
+
+    def extract_split(
+        self, split: str | None, modalities: Sequence[str], clips: int
+    ) -> dict[str, ClipFeatures]:
+        """``extract`` over the rows of one split of the manifest."""
+        return self.extract(split_rows(self.clips.manifest, split), modalities, clips)
+
+
+class _Counter:
+    """Counts the clips an iterator of batches yields (what the calibration actually saw)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def count(self, batches: Iterator[Tensor]) -> Iterator[Tensor]:
+        for batch in batches:
+            self.seen += batch.shape[0]
+            yield batch
+
+
+def extract_splits(
+    source: EvalEncoders,
+    manifest: Manifest,
+    splits: Sequence[str | None],
+    modalities: Sequence[str] = MODALITIES,
+    clips: int = 10,
+    bn_split: str | None = "train",
+    bn_clips: int = 512,
+    device: str | None = None,
+    progress: bool = True,
+    batch_size: int | None = None,
+) -> dict[str | None, dict[str, ClipFeatures]]:
+    """``{split: {modality: ClipFeatures}}`` with one BatchNorm recalibration per encoder, on
+    ``bn_clips`` clips of ``bn_split`` (None: all rows). For callers that run several protocols on
+    the same features (e.g. ``xdc demo``)."""
+    rows_of = {s: split_rows(manifest, s) for s in splits}
+    calibration = split_rows(manifest, bn_split, "--bn-split")
+    needed = sorted({r for rows in rows_of.values() for r in rows} | set(calibration))
+    reader = EvalClips(
+        manifest,
+        source.config.data,
+        modalities,
+        batch_size or source.config.train.batch_size,
+        needed,
+        progress,
+    )
+    extractor = FeatureExtractor(source, reader, calibration, bn_clips, device, progress)
+    return {s: extractor.extract(rows, modalities, clips) for s, rows in rows_of.items()}
+
+
+def clip_features_to_npz(
+    path: str | Path,
+    feats: ClipFeatures,
+    modality: str,
+    manifest: Manifest,
+    keep_clips: bool,
+    meta: Mapping[str, object],
+) -> Path:
+    """Write features as ``.npz``: ``features`` (N, D) float32, ``rows`` (manifest rows),
+    ``labels`` (−1 = none), ``paths``, ``clip`` (clip index; −1 when averaged per video),
+    ``num_clips`` (clips behind each row), ``label_names``, and ``meta_*`` strings."""
+    if keep_clips:
+        rows, features, labels = feats.rows, feats.features[modality], feats.labels
+        clip, counts = feats.clip, np.ones(len(rows), dtype=np.int64)
+    else:
+        rows, pooled, labels = feats.video_level()
+        features = pooled[modality]
+        clip = np.full(len(rows), -1, dtype=np.int64)
+        counts = np.bincount(np.searchsorted(rows, feats.rows), minlength=len(rows))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {
+        "features": features.numpy().astype(np.float32),
+        "rows": rows,
+        "labels": labels,
+        "paths": np.asarray([str(manifest.path(int(r))) for r in rows], dtype=str),
+        "clip": clip,
+        "num_clips": counts,
+        "label_names": np.asarray(manifest.label_names, dtype=str),
+    }
+    arrays.update({f"meta_{k}": np.asarray(str(v)) for k, v in meta.items()})
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+__all__ = [
+    "EvalClips",
+    "FeatureExtractor",
+    "calibration_keys",
+    "clip_features_to_npz",
+    "extract_splits",
+    "require_labels",
+    "split_rows",
+]
