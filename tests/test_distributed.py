@@ -106,7 +106,8 @@ def test_distributed_kmeans_equals_single_process(rank_results: list[dict]) -> N
     for result in rank_results:
         torch.testing.assert_close(result["centroids"], single["centroids"], atol=1e-5, rtol=0)
         assert torch.equal(result["assignments"], single["assignments"])
-        assert result["inertia"] == pytest.approx(single["inertia"], rel=1e-6)
+        # ||x||² and the scores are summed in another order; they nearly cancel, so allow 1e-5.
+        assert result["inertia"] == pytest.approx(single["inertia"], rel=1e-5)
         torch.testing.assert_close(
             result["repaired_centroids"], single["repaired_centroids"], atol=1e-5, rtol=0
         )

@@ -2,7 +2,8 @@
 collate function that carries decode failures back to the main process.
 
 The clip dict contract (ARCHITECTURE.md):
-    ``video``     float (3, T, H, W), normalised
+    ``video``     uint8 (3, T, H, W) RGB; the encoders normalise it on their device
+                  (``xdc.data.transforms.normalize_video``)
     ``audio``     float (1, n_mels, n_frames), log-mel
     ``index``     int, row in the manifest the dataset was built on
     ``label``     int, −1 when unknown
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
 
 from xdc.config import DataConfig
 from xdc.data.audio import LogMel
@@ -33,10 +34,11 @@ from xdc.data.decode import ClipSpec, clip_duration, decode_clip
 from xdc.data.manifest import Manifest
 from xdc.data.transforms import (
     crop_and_flip,
-    normalize_video,
+    float_to_uint8_clip,
     spec_augment,
     strong_augment,
     to_float_video,
+    to_uint8_clip,
 )
 from xdc.errors import DataError, DecodeError
 
@@ -192,10 +194,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
             keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
             frames = frames[keep]
         frames = crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
-        video = to_float_video(frames)
         if rng is not None and cfg.augment == "strong":
-            video = strong_augment(video, rng)
-        return normalize_video(video)
+            return float_to_uint8_clip(strong_augment(to_float_video(frames), rng))
+        return to_uint8_clip(frames)
 
     def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:
         cfg = self.config
@@ -210,7 +211,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         }
         if "video" in self.modalities:
             size = cfg.crop_size
-            sample["video"] = torch.zeros(3, cfg.num_frames, size, size)
+            sample["video"] = torch.zeros(3, cfg.num_frames, size, size, dtype=torch.uint8)
         if self.need_audio:
             sample["audio"] = torch.zeros(1, cfg.n_mels, cfg.audio_frames)
         return sample
@@ -224,7 +225,9 @@ def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
         if name == "failures":
             batch[name] = [f for v in values for f in v]
         elif isinstance(values[0], torch.Tensor):
-            batch[name] = torch.stack(values)
+            # default_collate stacks straight into shared memory inside a DataLoader worker,
+            # saving the copy that sending a stacked tensor to the main process would make.
+            batch[name] = default_collate(values)
         elif isinstance(values[0], (bool, int, float)):
             batch[name] = torch.tensor(values)
         else:

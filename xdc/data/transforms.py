@@ -1,5 +1,6 @@
-"""Clip transforms: crops and flips on uint8 frames (cheap slicing first), then float conversion,
-optional strong per-clip augmentation, normalisation with the Kinetics statistics.
+"""Clip transforms: crops and flips on uint8 frames (cheap slicing first), optional strong
+per-clip augmentation (in float, back to uint8), and the normalisation with the Kinetics
+statistics that the encoders apply to uint8 clips on their device.
 
 All randomness comes from a ``numpy.random.Generator`` the caller passes in, so a clip is a pure
 function of its sample key (deterministic across DataLoader workers and resumes).
@@ -45,11 +46,29 @@ def to_float_video(frames: np.ndarray) -> Tensor:
     return video.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def to_uint8_clip(frames: np.ndarray) -> Tensor:
+    """(T, H, W, 3) uint8 frames → (3, T, H, W) uint8 clip, the layout the encoders take."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
+
+
+def float_to_uint8_clip(video: Tensor) -> Tensor:
+    """(T, 3, H, W) float in [0, 1] → (3, T, H, W) uint8 (rounded)."""
+    return video.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
+
+
 def normalize_video(video: Tensor) -> Tensor:
-    """(T, 3, H, W) in [0, 1] → (3, T, H, W) normalised with the Kinetics mean and std [V]."""
-    mean = torch.tensor(VIDEO_MEAN, dtype=video.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(VIDEO_STD, dtype=video.dtype).view(1, 3, 1, 1)
-    return ((video - mean) / std).permute(1, 0, 2, 3).contiguous()
+    """(B, 3, T, H, W) or (3, T, H, W) uint8 RGB → float32 normalised with the Kinetics mean and
+    std [V]. Float input is returned unchanged: it is taken to be normalised already.
+
+    Clips travel as uint8 from the DataLoader workers (4× less to copy between processes and to the
+    GPU) and are normalised here, by the encoders, on their device.
+    """
+    if video.dtype != torch.uint8:
+        return video
+    shape = (3, 1, 1, 1)
+    mean = torch.tensor(VIDEO_MEAN, device=video.device).view(shape)
+    std = torch.tensor(VIDEO_STD, device=video.device).view(shape)
+    return (video.float() / 255.0 - mean) / std
 
 
 def strong_augment(video: Tensor, rng: np.random.Generator) -> Tensor:

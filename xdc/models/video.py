@@ -11,6 +11,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from xdc.data.transforms import normalize_video
 from xdc.errors import ConfigError
 
 MidRule = Literal["xdc", "torchvision"]
@@ -159,7 +160,8 @@ class R2Plus1D18(nn.Module):
         init_conv_bn_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, 3, T, H, W) normalised clip -> (B, num_features) pooled features."""
+        """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features) pooled."""
+        x = normalize_video(x)
         if x.dim() != 5:
             raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
         x = self.stem(x)
@@ -208,7 +210,8 @@ class FrameCNN(nn.Module):
         init_conv_bn_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, 3, T, H, W) normalised clip -> (B, num_features)."""
+        """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
+        x = normalize_video(x)
         if x.dim() != 5:
             raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
         batch, channels, frames, height, width = x.shape
@@ -262,7 +265,8 @@ class Mixed2D3D(nn.Module):
         init_conv_bn_weights(self)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, 3, T, H, W) normalised clip -> (B, num_features)."""
+        """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
+        x = normalize_video(x)
         if x.dim() != 5:
             raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
         batch, channels, frames, height, width = x.shape
