@@ -32,10 +32,11 @@ sys.path.insert(0, str(ROOT))
 from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
+from xdc.deep_clustering import DeepClusteringModel  # noqa: E402
 from xdc.encoders import build_encoders  # noqa: E402
 from xdc.methods import get_method  # noqa: E402
 from xdc.runlog import read_metrics  # noqa: E402
-from xdc.training import DeepClusteringModel, pretrain  # noqa: E402
+from xdc.training import pretrain  # noqa: E402
 
 CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
     "tiny": ("tiny", {}),

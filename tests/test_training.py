@@ -17,10 +17,11 @@ from tests.conftest import TINY_OVERRIDES, tiny_config
 from xdc.checkpoint import load_checkpoint
 from xdc.cli import main
 from xdc.config import ClusterConfig
+from xdc.deep_clustering import DeepClusteringModel
 from xdc.methods import METHODS, get_method
 from xdc.pseudolabels import balanced_weights, make_pseudo_labels
 from xdc.runlog import read_metrics
-from xdc.training import DeepClusteringModel, pretrain
+from xdc.training import pretrain
 
 
 def _planted_features(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from xdc import distributed as dist
-from xdc.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from xdc.config import PretrainConfig, TrainConfig, cluster_k
-from xdc.data.datasets import (
-    epoch_keys,
-    fixed_keys,
+from xdc.checkpoint import CHECKPOINT_NAME
+from xdc.config import PretrainConfig, TrainConfig
+from xdc.data.datasets import epoch_keys, fixed_keys
+from xdc.deep_clustering import (
+    DeepClusteringModel,
+    build_model,
+    check_replicas_agree,
+    reset_heads,
+    wrap_distributed,
 )
-from xdc.encoders import build_encoders
 from xdc.errors import XdcError
-from xdc.features import calibrated_copy, extract_features
-from xdc.methods import LABELS, MODALITIES, Method, get_method
-from xdc.models.heads import ClassifierHead
+from xdc.features import ClipFeatures, calibrated_copy, extract_features
+from xdc.loop_state import LoopState, checkpoint, restore
+from xdc.methods import MODALITIES, Method, get_method
 from xdc.pseudolabels import PseudoLabels, balanced_weights, format_stats, make_pseudo_labels
 from xdc.run import RunContext, open_run
 from xdc.runlog import RunLog
@@ -47,59 +49,6 @@ from xdc.runlog import RunLog
 
 class TrainingDiverged(XdcError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class DeepClusteringModel(nn.Module):
-    """Both encoders and one head per (encoder, clustering) pair the method trains."""
-
-    def __init__(self, encoders: dict[str, nn.Module], method: Method, num_classes: dict[str, int]):
-        super().__init__()
-        self.method = method
-        self.encoders = nn.ModuleDict(encoders)
-        self.heads = nn.ModuleDict(
-            {
-                method.head_name(enc, name): ClassifierHead(
-                    _num_features(encoders[enc]), num_classes[name]
-                )
-                for enc, name in method.heads()
-            }
-        )
-
-    def forward(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """{modality: batch} → {head name: (B, K) logits}."""
-        feats = {m: self.encoders[m](inputs[m]) for m in self.encoders if m in inputs}
-        return {
-            self.method.head_name(enc, name): self.heads[self.method.head_name(enc, name)](
-                feats[enc]
-            )
-            for enc, name in self.method.heads()
-        }
-
-
-def _num_features(encoder: nn.Module) -> int:
-    """The encoder contract's ``num_features`` (D of ``forward_features``)."""
-    return int(getattr(encoder, "num_features"))  # noqa: B009 - nn.Module types it as Tensor | Module
-
-
-@dataclass
-class LoopState:
-    """Counters and pseudo-labels of the loop; saved in every checkpoint."""
-
-    iteration: int = 0
-    epoch: int = 0
-    phase: str = "cluster"
-    step: int = 0
-    best_val: float = math.inf
-    bad_epochs: int = 0
-    finished: bool = False
-    log_seq: int = 0
-    labels: dict[str, Tensor] = field(default_factory=dict)
-    centroids: dict[str, Tensor] = field(default_factory=dict)
-    val_rows: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def pretrain(
@@ -116,7 +65,8 @@ def pretrain(
     """
     run = open_run(config, data, out, split, device, progress)
     method = get_method(config.method)
-    model, optimizer, scaler = build_training(config, method, run)
+    model = build_model(config, method, run.num_labels, run.device)
+    optimizer, scaler = build_optimizer(config.train, model, run)
     state = LoopState()
     ckpt_path = run.out / CHECKPOINT_NAME
     if ckpt_path.is_file():
@@ -142,23 +92,14 @@ def pretrain(
     return state
 
 
-def build_training(
-    config: PretrainConfig, method: Method, run: RunContext
-) -> tuple[DeepClusteringModel, torch.optim.Optimizer, torch.amp.GradScaler]:
-    """Encoders (seeded), heads sized by the clusterings, SGD and the AMP grad scaler."""
-    torch.manual_seed(config.train.seed)
-    encoders = build_encoders(config.model, config.data.n_mels)
-    sizes = {
-        c.name: run.num_labels if c.name == LABELS else cluster_k(config.cluster, c.name)
-        for c in method.clusterings
-    }
-    model = DeepClusteringModel(encoders, method, sizes).to(run.device)
-    t = config.train
+def build_optimizer(
+    t: TrainConfig, model: nn.Module, run: RunContext
+) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+    """SGD with momentum and weight decay, and the grad scaler of fp16 autocast (off otherwise)."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
-    return model, optimizer, scaler
+    return optimizer, torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
 
 
 def relabel(
@@ -205,7 +146,7 @@ def relabel(
 
 def run_extraction(
     model: DeepClusteringModel, modalities: tuple[str, ...], run: RunContext, seed: int
-):
+) -> ClipFeatures:
     """Features of every training video: fixed centre clip, BatchNorm recalibrated on a subset."""
     rows = run.train_set.rows
     encoders = {}
@@ -224,16 +165,6 @@ def run_extraction(
     )
     run.report_failures(feats.failures)
     return feats
-
-
-def reset_heads(model: DeepClusteringModel, optimizer: torch.optim.Optimizer, seed: int) -> None:
-    """DeepCluster's re-initialisation: N(0, 0.01) weights, zero bias, no momentum carried over."""
-    gen = torch.Generator().manual_seed(seed)
-    for head in model.heads.values():
-        assert isinstance(head, ClassifierHead)
-        head.reset_parameters(generator=gen)
-        for p in head.parameters():
-            optimizer.state.pop(p, None)
 
 
 def run_iteration(
@@ -289,12 +220,9 @@ def train_one_epoch(
     log: RunLog,
 ) -> dict[str, float]:
     """One pass over the epoch's clips; returns the epoch's mean loss, accuracy and throughput."""
-    t = run.config.train
     model.train()
     labels = {name: v.to(run.device) for name, v in state.labels.items()}
-    heads = run.method.heads()
-    total_loss, total_acc, seen, start = 0.0, 0.0, 0, time.perf_counter()
-    window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": start}
+    window, epoch = _Meter(), _Meter()
     bar = tqdm(
         loader,
         desc=f"it {state.iteration + 1} ep {state.epoch + 1}",
@@ -304,70 +232,103 @@ def train_one_epoch(
     for i, batch in enumerate(bar):
         run.report_failures(batch["failures"])
         set_lr(optimizer, lr_at(state.iteration, state.epoch + i / max(1, len(loader)), run))
-        inputs = {m: batch[m].to(run.device, non_blocking=True) for m in MODALITIES}
-        index = batch["index"].to(run.device)
-        with autocast(run):
-            logits = model(inputs)
-            losses = [
-                F.cross_entropy(
-                    logits[run.method.head_name(e, c)].float(), labels[c][index], ignore_index=-1
-                )
-                for e, c in heads
-            ]
-            loss = torch.stack(losses).sum()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if t.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss, acc, n = train_step(model, batch, labels, optimizer, scaler, run)
         state.step += 1
-        with torch.no_grad():
-            acc = torch.stack(
-                [
-                    (logits[run.method.head_name(e, c)].argmax(1) == labels[c][index])
-                    .float()
-                    .mean()
-                    for e, c in heads
-                ]
-            ).mean()
-        n = index.shape[0]
-        window["loss"] += loss.detach() * n
-        window["acc"] += acc * n
-        window["n"] += n
-        if (i + 1) % t.log_every == 0 or i + 1 == len(loader):
-            w_loss, w_acc = float(window["loss"]) / window["n"], float(window["acc"]) / window["n"]
+        window.add(loss, acc, n)
+        if (i + 1) % run.config.train.log_every == 0 or i + 1 == len(loader):
+            w_loss, w_acc, rate = window.flush()
             if not math.isfinite(w_loss):
                 raise TrainingDiverged(
-                    f"loss became {w_loss} at iteration {state.iteration + 1}, epoch {state.epoch + 1}, "
-                    f"step {state.step}; the last good checkpoint {run.out / CHECKPOINT_NAME} is kept. "
-                    "Lower train.lr or set train.grad_clip, then re-run the same command to resume"
+                    f"loss became {w_loss} at iteration {state.iteration + 1}, epoch "
+                    f"{state.epoch + 1}, step {state.step}; the last good checkpoint "
+                    f"{run.out / CHECKPOINT_NAME} is kept. Lower train.lr or set "
+                    "train.grad_clip, then re-run the same command to resume"
                 )
-            now = time.perf_counter()
-            rate = window["n"] * dist.world_size() / max(1e-9, now - window["t"])
-            log.write(
-                "train",
-                step=state.step,
-                iteration=state.iteration,
-                epoch=state.epoch,
-                loss=w_loss,
-                acc=w_acc,
-                lr=optimizer.param_groups[0]["lr"],
-                clips_per_s=rate,
-            )
+            lr = optimizer.param_groups[0]["lr"]
+            log.write("train", step=state.step, iteration=state.iteration, epoch=state.epoch,
+                      loss=w_loss, acc=w_acc, lr=lr, clips_per_s=rate)  # fmt: skip
             bar.set_postfix(loss=f"{w_loss:.3f}", acc=f"{w_acc:.3f}")
-            total_loss += w_loss * window["n"]
-            total_acc += w_acc * window["n"]
-            seen += int(window["n"])
-            window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": now}
-    elapsed = time.perf_counter() - start
+            epoch.add(w_loss, w_acc, window.last_n)
+    e_loss, e_acc, e_rate = epoch.flush(since=epoch.start)
     return {
-        "loss": total_loss / max(1, seen),
-        "acc": total_acc / max(1, seen),
-        "clips": seen * dist.world_size(),
-        "clips_per_s": seen * dist.world_size() / max(1e-9, elapsed),
+        "loss": e_loss,
+        "acc": e_acc,
+        "clips": epoch.last_n * dist.world_size(),
+        "clips_per_s": e_rate,
     }
+
+
+def train_step(
+    model: nn.Module,
+    batch: dict[str, Any],
+    labels: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    run: RunContext,
+) -> tuple[Tensor, Tensor, int]:
+    """Forward, summed cross-entropy of every head, backward, clip, step.
+
+    Returns the loss and the mean pseudo-label accuracy over the heads as device tensors (no host
+    synchronisation) and the batch size.
+    """
+    heads = [(run.method.head_name(e, c), c) for e, c in run.method.heads()]
+    inputs = {m: batch[m].to(run.device, non_blocking=True) for m in MODALITIES}
+    index = batch["index"].to(run.device)
+    with autocast(run):
+        logits = model(inputs)
+        loss = torch.stack(
+            [
+                F.cross_entropy(logits[h].float(), labels[c][index], ignore_index=-1)
+                for h, c in heads
+            ]
+        ).sum()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if run.config.train.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), run.config.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    with torch.no_grad():
+        acc = torch.stack(
+            [(logits[h].argmax(1) == labels[c][index]).float().mean() for h, c in heads]
+        )
+    return loss.detach(), acc.mean(), int(index.shape[0])
+
+
+class _Meter:
+    """Sums of loss and accuracy weighted by clips, read (and reset) at logging steps only, so
+    that the device is synchronised once per log line rather than once per step."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self._reset(self.start)
+        self.last_n = 0
+
+    def _reset(self, now: float) -> None:
+        self.loss: Tensor | float = 0.0
+        self.acc: Tensor | float = 0.0
+        self.n = 0
+        self.t = now
+
+    def add(self, loss: Tensor | float, acc: Tensor | float, n: int) -> None:
+        """Add the means ``loss`` and ``acc`` of ``n`` clips."""
+        self.loss = self.loss + loss * n
+        self.acc = self.acc + acc * n
+        self.n += n
+
+    def flush(self, since: float | None = None) -> tuple[float, float, float]:
+        """(mean loss, mean accuracy, clips/s over all processes) since the last flush."""
+        now = time.perf_counter()
+        n = max(1, self.n)
+        result = (
+            float(self.loss) / n,
+            float(self.acc) / n,
+            self.n * dist.world_size() / max(1e-9, now - (since or self.t)),
+        )
+        self.last_n = self.n
+        self._reset(now)
+        return result
 
 
 @torch.no_grad()
@@ -430,68 +391,3 @@ def autocast(run: RunContext) -> contextlib.AbstractContextManager:
     if run.amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type="cuda", dtype=run.amp_dtype)
-
-
-def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
-    if not dist.is_distributed():
-        return model
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
-
-
-def check_replicas_agree(model: nn.Module) -> None:
-    """In a distributed run, every process must end with the same weights (DDP keeps them in
-    step); a difference means a bug or a broken collective, so stop rather than save one copy."""
-    if not dist.is_distributed():
-        return
-    with torch.no_grad():
-        local = torch.stack([p.detach().double().sum().cpu() for p in model.parameters()])
-    total = dist.all_reduce_sum(local.clone())
-    if not torch.allclose(total, local * dist.world_size(), rtol=1e-9, atol=1e-9):
-        raise TrainingDiverged("the processes of this distributed run ended with different weights")
-
-
-def checkpoint(
-    run: RunContext,
-    state: LoopState,
-    model: DeepClusteringModel,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    log: RunLog,
-) -> None:
-    """Everything needed to resume, written atomically by the main process."""
-    state.log_seq = log.seq
-    if dist.is_main():
-        save_checkpoint(
-            {
-                "config": run.config.to_dict(),
-                "loop": state.to_dict(),
-                "encoders": {m: enc.state_dict() for m, enc in model.encoders.items()},
-                "heads": model.heads.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
-                "label_names": list(run.manifest.label_names),
-            },
-            run.out / CHECKPOINT_NAME,
-        )
-    dist.barrier()
-
-
-def restore(
-    path: Path,
-    model: DeepClusteringModel,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-) -> LoopState:
-    state_dict = load_checkpoint(path)
-    for m, enc in model.encoders.items():
-        enc.load_state_dict(state_dict["encoders"][m])
-    model.heads.load_state_dict(state_dict["heads"])
-    optimizer.load_state_dict(state_dict["optimizer"])
-    scaler.load_state_dict(state_dict["scaler"])
-    torch.set_rng_state(state_dict["rng"]["torch"])
-    state = LoopState()
-    for key, value in state_dict["loop"].items():
-        setattr(state, key, value)
-    return state

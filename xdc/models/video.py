@@ -211,11 +211,7 @@ class FrameCNN(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
-        x = normalize_video(x)
-        if x.dim() != 5:
-            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
-        batch, channels, frames, height, width = x.shape
-        per_frame = x.transpose(1, 2).reshape(batch * frames, channels, height, width)
+        per_frame, batch, frames = frames_as_images(x)
         maps = self.features(per_frame)
         maps = self.relu(maps + self.refine(maps))
         frame_features = maps.mean(dim=(2, 3)).view(batch, frames, -1)
@@ -266,15 +262,21 @@ class Mixed2D3D(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
-        x = normalize_video(x)
-        if x.dim() != 5:
-            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
-        batch, channels, frames, height, width = x.shape
-        maps = self.frames(x.transpose(1, 2).reshape(batch * frames, channels, height, width))
+        per_frame, batch, frames = frames_as_images(x)
+        maps = self.frames(per_frame)
         maps = maps.view(batch, frames, *maps.shape[1:]).transpose(1, 2)
         return self.temporal(maps).mean(dim=(2, 3, 4))
 
     forward = forward_features
+
+
+def frames_as_images(x: Tensor) -> tuple[Tensor, int, int]:
+    """(B, 3, T, H, W) clip (uint8 or normalised) → ((B·T, 3, H, W) normalised frames, B, T)."""
+    x = normalize_video(x)
+    if x.dim() != 5:
+        raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+    batch, channels, frames, height, width = x.shape
+    return x.transpose(1, 2).reshape(batch * frames, channels, height, width), batch, frames
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
