@@ -86,6 +86,25 @@ def require_labels(
         )
 
 
+def key_loader(
+    dataset: ClipDataset, keys: Sequence[ClipKey], batch_size: int, pin_memory: bool = False
+) -> DataLoader:
+    """Batches of ``dataset``'s clips of ``keys``, in the order of the keys, with the dataset's
+    ``num_workers`` (``pin_memory`` for a CUDA consumer)."""
+    workers = dataset.config.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=KeySampler(keys),
+        num_workers=workers,
+        collate_fn=collate_clips,
+        worker_init_fn=worker_init,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )
+
+
 def calibration_keys(
     rows: Sequence[int], num_clips: int, seed: int = CALIBRATION_SEED
 ) -> list[ClipKey]:
@@ -159,17 +178,7 @@ class EvalClips:
 
     def loader(self, modality: str, keys: Sequence[ClipKey]) -> DataLoader:
         """Batches of the clips of ``keys`` for one modality, in the order of the keys."""
-        workers = self.data_config.num_workers
-        return DataLoader(
-            self.datasets[modality],
-            batch_size=self.batch_size,
-            sampler=KeySampler(keys),
-            num_workers=workers,
-            collate_fn=collate_clips,
-            worker_init_fn=worker_init,
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
-        )
+        return key_loader(self.datasets[modality], keys, self.batch_size)
 
 
 class FeatureExtractor:
@@ -347,6 +356,7 @@ __all__ = [
     "calibration_keys",
     "clip_features_to_npz",
     "extract_splits",
+    "key_loader",
     "require_labels",
     "split_rows",
 ]

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,88 +27,39 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from xdc.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from xdc.config import DataConfig
-from xdc.data.datasets import (
-    ClipDataset,
-    ClipKey,
-    KeySampler,
-    collate_clips,
-    epoch_keys,
-    fixed_keys,
-    worker_init,
-)
+from xdc.checkpoint import CHECKPOINT_NAME
+from xdc.data.datasets import epoch_keys, fixed_keys
 from xdc.data.manifest import read_manifest
-from xdc.errors import CheckpointError, DataError, XdcError
-from xdc.evaluation.finetune_cli import (
+from xdc.errors import DataError, XdcError
+from xdc.evaluation.extract import key_loader
+from xdc.evaluation.finetune_outputs import (
     RESULT_NAME,
-    EncoderSource,
-    FinetuneSettings,
-    check_identity,
-    finetune_identity,
-    load_encoder_source,
-    one_line,
-    prepare_folder,
-    read_json,
-    split_rows,
+    epoch_line,
+    restore_split_state,
+    save_split_state,
     summarize_splits,
     write_curve,
     write_split_outputs,
+)
+from xdc.evaluation.finetune_setup import (
+    EncoderSource,
+    FinetuneSettings,
+    SplitData,
+    check_identity,
+    finetune_identity,
+    load_encoder_source,
+    load_split,
+    prepare_folder,
+    read_json,
+    split_rows,
 )
 from xdc.features import calibrated_copy
 from xdc.models.heads import ClassifierHead
 from xdc.run import resolve_device
 
 EpochCallback = Callable[[dict[str, Any]], None]
-
-
-@dataclass
-class SplitData:
-    """The videos of one split: ``train_rows`` / ``test_rows`` index ``train_set.manifest``."""
-
-    column: str
-    label_names: list[str]
-    train_rows: list[int]
-    test_rows: list[int]
-    train_set: ClipDataset
-    eval_set: ClipDataset
-    failures: set[str] = field(default_factory=set)
-
-    def report_failures(self, failures: Sequence[str]) -> None:
-        for f in failures:
-            if f not in self.failures:
-                self.failures.add(f)
-                print(f"xdc: skipped unreadable video {f}", file=sys.stderr)
-
-
-def load_split(
-    data: str | Path,
-    column: str,
-    settings: FinetuneSettings,
-    clips: DataConfig,
-    progress: bool = True,
-) -> SplitData:
-    """Datasets of one split: random training clips and fixed test clips of ``settings.modality``."""
-    manifest = read_manifest(data)
-    train, test = split_rows(manifest, column, settings)
-    sub = manifest.subset(train + test)  # keeps the class numbering of the whole manifest
-    modalities = (settings.modality,)
-    train_set = ClipDataset(sub, clips, train=True, modalities=modalities)
-    eval_set = ClipDataset(sub, clips, train=False, modalities=modalities, replace_failed=False)
-    usable = set(train_set.rows)
-    train_rows = [r for r in range(len(train)) if r in usable]
-    test_rows = [r for r in range(len(train), len(sub)) if r in usable]
-    if not train_rows or not test_rows:
-        raise DataError(
-            f"{data}: split {column!r} has no {settings.modality} videos left in its train or test set"
-        )
-    train_set.replacement_pool = train_rows  # a broken training video is replaced by another one
-    if clips.cache == "memory":
-        eval_set.cache = train_set.build_cache(progress)
-    return SplitData(column, list(manifest.label_names), train_rows, test_rows, train_set, eval_set)
 
 
 class FinetuneModel(nn.Module):
@@ -206,7 +155,7 @@ def finetune_split(
     history: list[dict[str, Any]] = []
     ckpt = out_dir / CHECKPOINT_NAME
     if ckpt.is_file():
-        epoch, history, seconds = _restore(ckpt, identity, model, optimizer, scaler)
+        epoch, history, seconds = restore_split_state(ckpt, identity, model, optimizer, scaler)
         print(f"{column}: resuming after epoch {epoch} of {settings.epochs}", flush=True)
     start = time.perf_counter() - seconds
     while epoch < settings.epochs:
@@ -217,9 +166,10 @@ def finetune_split(
         if settings.eval_every and epoch % settings.eval_every == 0 and epoch < settings.epochs:
             record["test_top1"] = evaluate(model, split, settings, dev, amp_dtype, progress)["top1"]
         history.append(record)
-        _save(ckpt, identity, model, optimizer, scaler, epoch, history, time.perf_counter() - start)
+        spent = time.perf_counter() - start
+        save_split_state(ckpt, identity, model, optimizer, scaler, epoch, history, spent)
         write_curve(out_dir, history)
-        print(_epoch_line(column, record, settings.epochs), flush=True)
+        print(epoch_line(column, record, settings.epochs), flush=True)
         if on_epoch is not None:
             on_epoch(record)
     evaluation = evaluate(model, split, settings, dev, amp_dtype, progress)
@@ -292,22 +242,6 @@ def _autocast(
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
-def _loader(
-    dataset: ClipDataset, keys: list[ClipKey], batch_size: int, device: torch.device
-) -> DataLoader:
-    workers = dataset.config.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=KeySampler(keys),
-        num_workers=workers,
-        collate_fn=collate_clips,
-        worker_init_fn=worker_init,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
-
-
 def train_one_epoch(
     model: FinetuneModel,
     optimizer: torch.optim.Optimizer,
@@ -325,7 +259,7 @@ def train_one_epoch(
     """
     per_epoch = len(split.train_rows) * split.train_set.config.clips_per_video
     keys = epoch_keys(split.train_rows, per_epoch, settings.seed, (epoch,))
-    loader = _loader(split.train_set, keys, settings.batch_size, device)
+    loader = key_loader(split.train_set, keys, settings.batch_size, device.type == "cuda")
     model.train()
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
     seen, lr, start = 0, settings.lr, time.perf_counter()
@@ -383,22 +317,18 @@ def evaluate(
     Returns {"rows": (V,) rows of ``split.eval_set.manifest``, "probs": (V, K), "labels": (V,),
     "top1": float, "failed": paths of test videos none of whose clips decoded}.
     """
-    encoder = model.encoder
+    encoder, pin = model.encoder, device.type == "cuda"
     n_cal = min(settings.bn_recalibration_clips, len(split.train_rows))
     if n_cal:
         rng = np.random.default_rng([settings.seed, 11])
         chosen = np.sort(rng.choice(split.train_rows, n_cal, replace=False)).tolist()
-        batches = _loader(split.eval_set, fixed_keys(chosen), settings.batch_size, device)
+        batches = key_loader(split.eval_set, fixed_keys(chosen), settings.batch_size, pin)
         encoder = calibrated_copy(encoder, (b[settings.modality] for b in batches), device)
     was_training = model.training
     encoder.eval()
     model.head.eval()
-    loader = _loader(
-        split.eval_set,
-        fixed_keys(split.test_rows, settings.test_clips),
-        settings.batch_size,
-        device,
-    )
+    test_keys = fixed_keys(split.test_rows, settings.test_clips)
+    loader = key_loader(split.eval_set, test_keys, settings.batch_size, pin)
     rows, probs = [], []
     bad: set[str] = set()
     for batch in tqdm(loader, desc=f"{split.column} test", disable=not progress, leave=False):
@@ -438,62 +368,3 @@ def video_level_probabilities(rows: np.ndarray, clip_probs: Tensor) -> tuple[np.
     total.index_add_(0, index, clip_probs)
     counts = torch.bincount(index, minlength=len(videos)).to(clip_probs.dtype).unsqueeze(1)
     return videos, total / counts
-
-
-def _save(
-    path: Path,
-    identity: dict[str, Any],
-    model: FinetuneModel,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    epoch: int,
-    history: list[dict[str, Any]],
-    seconds: float,
-) -> None:
-    state = {
-        "kind": "finetune",
-        "identity": identity,
-        "epoch": epoch,
-        "history": history,
-        "seconds": seconds,
-        "encoder": model.encoder.state_dict(),
-        "head": model.head.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-    }
-    save_checkpoint(state, path)
-
-
-def _restore(
-    path: Path,
-    identity: dict[str, Any],
-    model: FinetuneModel,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-) -> tuple[int, list[dict[str, Any]], float]:
-    """Load a split's checkpoint; returns (epochs done, curve records, seconds spent)."""
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        raise CheckpointError(f"{one_line(err)}; delete it to restart this split") from err
-    if state.get("kind") != "finetune":
-        raise CheckpointError(f"{path}: not a finetuning checkpoint; pass a new --out folder")
-    check_identity(state.get("identity", {}), identity, path)
-    try:
-        model.encoder.load_state_dict(state["encoder"])
-        model.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-    except (KeyError, RuntimeError, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: does not fit this model ({one_line(err)}); delete it or pass a new --out"
-        ) from err
-    return int(state["epoch"]), list(state["history"]), float(state.get("seconds", 0.0))
-
-
-def _epoch_line(column: str, record: dict[str, Any], epochs: int) -> str:
-    test = f" | test top-1 {record['test_top1']:.4f}" if "test_top1" in record else ""
-    return (
-        f"{column} epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} acc {record['train_acc']:.4f} "
-        f"lr {record['lr']:.5f}{test} ({record['clips_per_s']:.1f} clips/s)"
-    )

@@ -28,7 +28,7 @@ from torch import Tensor
 from xdc.data.manifest import Manifest
 from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
-from xdc.evaluation.extract import EvalClips, FeatureExtractor, require_labels, split_rows
+from xdc.evaluation.protocol import extract_train_test, protocol_record
 from xdc.features import ClipFeatures
 
 C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
@@ -308,34 +308,25 @@ def evaluate_linear_probe(
     if modality not in ("video", "audio"):
         raise ConfigError(f"--modality {modality!r}: choose video or audio")
     start = time.perf_counter()
-    train_rows = split_rows(manifest, train_split, "--train-split")
-    test_rows = split_rows(manifest, test_split, "--test-split")
-    require_labels(manifest, train_rows, train_split, "--train-split")
-    require_labels(manifest, test_rows, test_split, "--test-split", min_classes=1)
-    reader = EvalClips(
+    splits = (train_split, test_split)
+    train, test, calibrated = extract_train_test(
+        source,
         manifest,
-        source.config.data,
         (modality,),
-        batch_size or source.config.train.batch_size,
-        cache_rows=train_rows + test_rows,
-        progress=progress,
+        splits,
+        clips,
+        bn_clips,
+        device,
+        progress,
+        batch_size,
+        min_train_classes=2,
     )
-    extractor = FeatureExtractor(source, reader, train_rows, bn_clips, device, progress)
-    train = extractor.extract(train_rows, (modality,), clips)[modality]
-    test = extractor.extract(test_rows, (modality,), clips)[modality]
     result = probe_clip_features(
-        train, test, modality, manifest.label_names, c_grid=c_grid, seed=seed
+        train[modality], test[modality], modality, manifest.label_names, c_grid=c_grid, seed=seed
     )
     return {
         "protocol": "linear_probe",
         "modality": modality,
         **result,
-        "checkpoint": source.checkpoint,
-        "data": str(manifest.source),
-        "train_split": train_split,
-        "test_split": test_split,
-        "clips": clips,
-        "bn_clips": extractor.calibration_counts.get(modality, 0),
-        "encoders": source.describe(),
-        "seconds": round(time.perf_counter() - start, 2),
+        **protocol_record(source, manifest, splits, clips, calibrated.get(modality, 0), start),
     }

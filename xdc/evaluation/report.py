@@ -14,42 +14,44 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
 from xdc.config import PretrainConfig
-from xdc.data.datasets import (
-    ClipDataset,
-    ClipKey,
-    KeySampler,
-    collate_clips,
-    fixed_keys,
-    worker_init,
-)
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.encoders import load_encoders
-from xdc.errors import CheckpointError, ConfigError, DataError, DecodeError
+from xdc.errors import CheckpointError, ConfigError, DataError
 from xdc.evaluation import report_plots as plots
-from xdc.features import calibrated_copy, extract_features
-from xdc.methods import LABELS, METHODS
+from xdc.evaluation.cli_shared import add_device_arguments
+from xdc.evaluation.report_clusters import (
+    CLUSTERS_SHOWN,
+    SOUNDS_PER_CLUSTER,
+    choose_clusters,
+    cluster_count,
+    clusters_html,
+    final_clusterings,
+    rank_members,
+)
+from xdc.methods import METHODS
 from xdc.run import RUN_INFO_NAME, read_run_info, resolve_device
 from xdc.runlog import read_metrics
 
 REPORT_NAME = "report.html"
-CLUSTERS_SHOWN = 4
-"""Largest clusters shown per clustering, and as many purest ones."""
-TILES_PER_CLUSTER = 8
-SOUNDS_PER_CLUSTER = 2
-ENCODER_OF = {"video": "video", "audio": "audio"}
-"""Encoder whose features rank a clustering's members; any other clustering uses the video one."""
+__all__ = [
+    "CLUSTERS_SHOWN",
+    "REPORT_NAME",
+    "SOUNDS_PER_CLUSTER",
+    "RunContents",
+    "add_report_parser",
+    "choose_clusters",
+    "cmd_report",
+    "load_run",
+    "write_report",
+]
 
 
 @dataclass
@@ -63,22 +65,6 @@ class RunContents:
     info: dict[str, Any]
     manifest: Manifest
     """The rows the run's pseudo-labels index: the run's manifest restricted to its split."""
-
-
-@dataclass
-class ShownCluster:
-    """A cluster picked for the page, with its example videos once they are chosen."""
-
-    clustering: str
-    cluster: int
-    members: np.ndarray
-    """Manifest rows of the cluster, capped at ``max_members`` (a seeded, sorted sample)."""
-    size: int
-    reasons: list[str]
-    purity: float | None = None
-    majority: str = ""
-    nearest: list[int] = field(default_factory=list)
-    """Members ordered by cosine similarity to the cluster's mean feature, nearest first."""
 
 
 def write_report(
@@ -147,168 +133,6 @@ def load_run(run: str | Path, data: str | Path | None = None) -> RunContents:
                 f"clustering covers {len(labels)}; pass the manifest the run was trained on with --data"
             )
     return RunContents(run, config, meta, encoders, info, manifest)
-
-
-def final_clusterings(contents: RunContents) -> dict[str, np.ndarray]:
-    """{clustering name: (N,) cluster of each manifest row, -1 = none} from the checkpoint."""
-    labels = contents.meta.get("loop", {}).get("labels", {})
-    return {name: torch.as_tensor(v).numpy().astype(np.int64) for name, v in labels.items()}
-
-
-def cluster_count(contents: RunContents, name: str, assign: np.ndarray) -> int:
-    """K of a clustering: rows of its centroids, the number of classes for ``labels``."""
-    centroids = contents.meta.get("loop", {}).get("centroids", {})
-    if name in centroids:
-        return int(centroids[name].shape[0])
-    if name == LABELS:
-        return max(len(contents.manifest.label_names), int(assign.max()) + 1)
-    return int(assign.max()) + 1
-
-
-def choose_clusters(contents: RunContents, max_members: int) -> list[ShownCluster]:
-    """The largest ``CLUSTERS_SHOWN`` clusters of each clustering, then the purest ones (when the
-    manifest has labels), each cluster once."""
-    true = np.asarray(contents.manifest.labels(), dtype=np.int64)
-    names = contents.manifest.label_names
-    shown: list[ShownCluster] = []
-    for name, assign in final_clusterings(contents).items():
-        k = cluster_count(contents, name, assign)
-        sizes = np.bincount(assign[assign >= 0], minlength=k)
-        largest = sorted((c for c in range(k) if sizes[c] > 0), key=lambda c: (-sizes[c], c))[
-            :CLUSTERS_SHOWN
-        ]
-        purity = {c: cluster_purity(true[assign == c]) for c in range(k) if sizes[c] > 0}
-        rated = {c: p for c, p in purity.items() if p is not None}
-        # A cluster of one labelled video is trivially pure: prefer clusters with two or more.
-        solid = {c: p for c, p in rated.items() if (true[assign == c] >= 0).sum() >= 2} or rated
-        purest = sorted(solid, key=lambda c: (-solid[c][0], -sizes[c], c))[:CLUSTERS_SHOWN]
-        rng = np.random.default_rng(0)
-        for c in dict.fromkeys([*largest, *purest]):
-            members = np.flatnonzero(assign == c)
-            if len(members) > max_members:
-                members = np.sort(rng.choice(members, max_members, replace=False))
-            reasons = [r for r, group in (("largest", largest), ("purest", purest)) if c in group]
-            item = ShownCluster(name, c, members, int(sizes[c]), reasons)
-            if rated.get(c) is not None:
-                item.purity, item.majority = rated[c][0], names[rated[c][1]]
-            shown.append(item)
-    return shown
-
-
-def cluster_purity(labels: np.ndarray) -> tuple[float, int] | None:
-    """(fraction of labelled members in the majority class, that class), None without labels."""
-    known = labels[labels >= 0]
-    if len(known) == 0:
-        return None
-    counts = np.bincount(known)
-    return float(counts.max() / len(known)), int(counts.argmax())
-
-
-def rank_members(
-    contents: RunContents,
-    shown: Sequence[ShownCluster],
-    device: torch.device,
-    progress: bool,
-    failures: list[str],
-) -> None:
-    """Order the capped members of each shown cluster by similarity to the cluster's mean feature."""
-    for modality in dict.fromkeys(ENCODER_OF.get(s.clustering, "video") for s in shown):
-        group = [s for s in shown if ENCODER_OF.get(s.clustering, "video") == modality]
-        rows = sorted({int(r) for s in group for r in s.members})
-        features = member_features(contents, modality, rows, device, progress, failures)
-        for item in group:
-            present = [int(r) for r in item.members if int(r) in features]
-            if not present:
-                continue
-            feats = F.normalize(torch.stack([features[r] for r in present]), dim=1)
-            centre = F.normalize(feats.mean(0), dim=0)
-            order = torch.argsort(feats @ centre, descending=True, stable=True)
-            item.nearest = [present[int(i)] for i in order]
-
-
-def member_features(
-    contents: RunContents,
-    modality: str,
-    rows: Sequence[int],
-    device: torch.device,
-    progress: bool,
-    failures: list[str],
-) -> dict[int, torch.Tensor]:
-    """{manifest row: (D,) feature} of the centre clip of each row, from the run's ``modality``
-    encoder with BatchNorm statistics recomputed on training clips as the run did."""
-    cfg = contents.config
-    dataset = ClipDataset(
-        contents.manifest, cfg.data, train=False, modalities=(modality,), replace_failed=False
-    )
-    usable = set(dataset.rows)
-    rows = [r for r in rows if r in usable]
-    # Calibrate on clips of the videos the run trained on (clustered rows), as the run did.
-    clustered = np.flatnonzero(
-        np.any([a >= 0 for a in final_clusterings(contents).values()], axis=0)
-    )
-    pool = [int(r) for r in clustered if int(r) in usable] or dataset.rows
-    n_cal = min(cfg.cluster.bn_recalibration_clips, len(pool))
-    encoder = contents.encoders[modality].to(device)
-    if n_cal:
-        subset = np.random.default_rng([cfg.train.seed, 11]).choice(pool, n_cal, replace=False)
-        batches = (b[modality] for b in _loader(dataset, fixed_keys(subset.tolist()), cfg))
-        encoder = calibrated_copy(encoder, batches, device)
-    loader = _loader(dataset, fixed_keys(rows), cfg)
-    extracted = extract_features(
-        {modality: encoder},
-        loader,
-        device,
-        progress=progress,
-        total=len(loader),
-        desc=f"report {modality} features",
-    )
-    failures.extend(extracted.failures)
-    return {int(r): f for r, f in zip(extracted.rows, extracted.features[modality], strict=True)}
-
-
-def _loader(dataset: ClipDataset, keys: Sequence[ClipKey], cfg: PretrainConfig) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=KeySampler(keys),
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate_clips,
-        worker_init_fn=worker_init,
-    )
-
-
-def cluster_card(contents: RunContents, item: ShownCluster, failures: list[str]) -> str:
-    """One cluster: its montage of nearest videos (captioned by class) and a few sound players."""
-    manifest = contents.manifest
-    tiles: list[np.ndarray] = []
-    captions: list[str] = []
-    sounds: list[str] = []
-    for row in item.nearest[:TILES_PER_CLUSTER]:
-        try:
-            frame, audio = plots.middle_of_video(
-                manifest, row, with_sound=len(sounds) < SOUNDS_PER_CLUSTER
-            )
-        except DecodeError as err:
-            failures.append(f"{err.path}: {err.reason}")
-            continue
-        label = manifest.rows[row].get("label", "") or "(no label)"
-        tiles.append(frame)
-        captions.append(label)
-        if audio is not None:
-            sounds.append(plots.sound_player(f"{label} · {manifest.path(row).name}", audio))
-    facts = [f"{item.size} videos"]
-    if item.purity is not None:
-        facts.append(f"purity {item.purity:.2f} (majority: {plots.esc(item.majority)})")
-    body = (
-        f'<img class="montage" alt="nearest videos of cluster {item.cluster}" '
-        f'src="{plots.montage_uri(tiles, captions)}">'
-        if tiles
-        else '<p class="note">no decodable member</p>'
-    )
-    return (
-        f'<div class="cluster"><h4>cluster {item.cluster} <span class="tag">{", ".join(item.reasons)}</span></h4>'
-        f'<p>{" · ".join(facts)}</p>{body}<div class="sounds">{"".join(sounds)}</div></div>'
-    )
 
 
 def header_html(contents: RunContents) -> str:
@@ -385,31 +209,6 @@ def sizes_html(contents: RunContents) -> str:
     )
 
 
-def clusters_html(
-    contents: RunContents, shown: Sequence[ShownCluster], max_members: int, failures: list[str]
-) -> str:
-    purest = (
-        f"and {CLUSTERS_SHOWN} purest clusters"
-        if any(s.purity is not None for s in shown)
-        else "clusters (the manifest has no labels to rate purity)"
-    )
-    parts = [
-        '<section id="clusters"><h2>Clusters</h2>',
-        f"<p>The {CLUSTERS_SHOWN} largest {purest} of each clustering. Frames: the "
-        f"middle frame of the videos nearest the cluster's mean feature (among up to {max_members} members), "
-        f"captioned with their class; sounds: {plots.SOUND_SEC:g} s around the middle of the nearest videos.</p>",
-    ]
-    if not shown:
-        parts.append('<p class="note">no clustering in the checkpoint yet</p>')
-    for name in dict.fromkeys(s.clustering for s in shown):
-        encoder = ENCODER_OF.get(name, "video")
-        parts.append(
-            f'<h3>{plots.esc(name)} clustering <span class="tag">ranked by the {encoder} encoder</span></h3>'
-        )
-        parts.extend(cluster_card(contents, s, failures) for s in shown if s.clustering == name)
-    return "".join(parts) + "</section>"
-
-
 def cmd_report(
     run: str,
     out: str | None = None,
@@ -440,10 +239,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-members", type=int, default=64, help="members per shown cluster to re-extract (64)"
     )
-    p.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_arguments(p)
     p.set_defaults(
         run=lambda a: cmd_report(
             a.run_dir, a.out, a.data, a.max_members, a.device, not a.no_progress

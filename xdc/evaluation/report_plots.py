@@ -1,9 +1,10 @@
-"""The pieces of the run report (``xdc.evaluation.report``): figures, example media, and tables.
+"""The pieces of the run report (``xdc.evaluation.report``): figures, montages, and tables.
 
-Figures and media are self-contained ``data:`` URIs. Curves and histograms are matplotlib figures
-(Agg backend) saved as PNG; montages of video frames are palette PNGs (a photo montage shrinks about
-threefold with 128 colours, which keeps the page small); sound is 16-bit mono WAV. The tables render
-any JSON generically, so a new RUN/eval/*.json shows up without code changes.
+Figures are self-contained ``data:`` URIs. Curves and histograms are matplotlib figures (Agg
+backend) saved as PNG; montages of video frames are palette PNGs (a photo montage shrinks about
+threefold with 128 colours, which keeps the page small). The tables render any JSON generically,
+so a new RUN/eval/*.json shows up without code changes. The clusters' frames and sound are
+``xdc.evaluation.report_clusters``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 import json
 import re
 import textwrap
-import wave
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,15 +28,11 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402  (a dependency of matplotlib)
 
-from xdc.data.decode import ClipSpec, decode_clip, video_duration  # noqa: E402
-from xdc.data.manifest import Manifest  # noqa: E402
 from xdc.run import FAILURES_NAME  # noqa: E402
 
 PLOT_DPI = 90
 MONTAGE_DPI = 100
 TILE_PX = 88
-SOUND_SEC = 2.0
-SOUND_RATE = 16000
 MONTAGE_COLOURS = 128
 MAX_TABLE_ROWS = 200
 # The PNG's "Software" text names matplotlib's web site; the page must hold no external reference.
@@ -48,27 +44,12 @@ def figure_png_uri(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=PLOT_DPI, metadata=_PNG_METADATA)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return data_uri("image/png", buffer.getvalue())
 
 
-def wav_uri(samples: np.ndarray, sample_rate: int) -> str:
-    """Mono float samples in [-1, 1] (shape (N,)) as a 16-bit PCM ``data:audio/wav;base64`` URI."""
-    pcm = (np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2")
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sample_rate)
-        wav.writeframes(pcm.tobytes())
-    return "data:audio/wav;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def sound_player(caption: str, samples: np.ndarray) -> str:
-    """An ``<audio controls>`` player of (N,) mono samples at ``SOUND_RATE``, under a caption."""
-    return (
-        f'<figure class="sound"><figcaption>{esc(caption)}</figcaption>'
-        f'<audio controls preload="none" src="{wav_uri(samples, SOUND_RATE)}"></audio></figure>'
-    )
+def data_uri(mime: str, payload: bytes) -> str:
+    """A base64 ``data:`` URI: the page embeds its figures and sounds, nothing is fetched."""
+    return f"data:{mime};base64," + base64.b64encode(payload).decode("ascii")
 
 
 def _mark_boundaries(ax: Any, positions: Sequence[float], labels: Sequence[str]) -> None:
@@ -239,7 +220,7 @@ def montage_uri(tiles: Sequence[np.ndarray], captions: Sequence[str]) -> str:
         palette = image.convert("RGB").quantize(colors=MONTAGE_COLOURS)
     out = io.BytesIO()
     palette.save(out, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return data_uri("image/png", out.getvalue())
 
 
 def _two_lines(caption: str, width: int = 17) -> str:
@@ -251,28 +232,6 @@ def _two_lines(caption: str, width: int = 17) -> str:
     if len(lines) > 2:
         lines = [lines[0], lines[1][: width - 1] + "…"]
     return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in lines)
-
-
-def middle_of_video(
-    manifest: Manifest, row: int, with_sound: bool
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The middle frame as a (TILE_PX, TILE_PX, 3) uint8 centre crop, and ``SOUND_SEC`` of mono
-    16 kHz sound (N,) centred on it (None when not asked or the video has no audio)."""
-    path = manifest.path(row)
-    duration = manifest.duration(row) or video_duration(path)
-    sound = with_sound and manifest.has_audio(row)
-    # One frame over a 1 ms span: the frame shown at mid-video, with the sound window centred on it.
-    spec = ClipSpec(
-        num_frames=1,
-        fps=1000.0,
-        resize_short=TILE_PX,
-        audio_samples=int(SOUND_SEC * SOUND_RATE) if sound else None,
-        sample_rate=SOUND_RATE,
-    )
-    clip = decode_clip(path, duration / 2, spec, duration_sec=duration or None)
-    frame = clip.frames[0]
-    top, left = (frame.shape[0] - TILE_PX) // 2, (frame.shape[1] - TILE_PX) // 2
-    return frame[top : top + TILE_PX, left : left + TILE_PX], clip.audio
 
 
 def evaluation_html(run: Path) -> str:
@@ -384,8 +343,8 @@ def kv_table(rows: Sequence[tuple[str, str]]) -> str:
 
 
 def grid_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
     """A table with a header row; the first cell of each row (plain text) is its row header."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join(
         f"<tr><th>{esc(row[0])}</th>" + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>"
         for row in rows

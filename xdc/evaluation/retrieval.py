@@ -26,8 +26,8 @@ from torch import Tensor
 from xdc.data.manifest import Manifest
 from xdc.errors import DataError
 from xdc.evaluation.encoders import EvalEncoders
-from xdc.evaluation.extract import EvalClips, FeatureExtractor, require_labels, split_rows
 from xdc.evaluation.linear_probe import as_numpy
+from xdc.evaluation.protocol import extract_train_test, protocol_record
 from xdc.features import ClipFeatures
 
 KS: tuple[int, ...] = (1, 5, 10, 20)
@@ -182,31 +182,12 @@ def evaluate_retrieval(
 ) -> dict[str, Any]:
     """The whole retrieval protocol for one pair of encoders (both modalities; see module doc)."""
     start = time.perf_counter()
-    train_rows = split_rows(manifest, train_split, "--train-split")
-    test_rows = split_rows(manifest, test_split, "--test-split")
-    require_labels(manifest, train_rows, train_split, "--train-split", min_classes=1)
-    require_labels(manifest, test_rows, test_split, "--test-split", min_classes=1)
-    modalities = ("video", "audio")
-    reader = EvalClips(
-        manifest,
-        source.config.data,
-        modalities,
-        batch_size or source.config.train.batch_size,
-        cache_rows=train_rows + test_rows,
-        progress=progress,
+    splits = (train_split, test_split)
+    train, test, calibrated = extract_train_test(
+        source, manifest, ("video", "audio"), splits, clips, bn_clips, device, progress, batch_size
     )
-    extractor = FeatureExtractor(source, reader, train_rows, bn_clips, device, progress)
-    train = extractor.extract(train_rows, modalities, clips)
-    test = extractor.extract(test_rows, modalities, clips)
     return {
         "protocol": "retrieval",
         **retrieval(train, test, ks, cca_dim, cca_ridge),
-        "checkpoint": source.checkpoint,
-        "data": str(manifest.source),
-        "train_split": train_split,
-        "test_split": test_split,
-        "clips": clips,
-        "bn_clips": dict(extractor.calibration_counts),
-        "encoders": source.describe(),
-        "seconds": round(time.perf_counter() - start, 2),
+        **protocol_record(source, manifest, splits, clips, calibrated, start),
     }
