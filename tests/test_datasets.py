@@ -1,0 +1,148 @@
+"""Clip datasets: the clip contract, determinism whatever the workers, rows without audio,
+files that break after indexing, and the RAM cache cutting the same clips as the decoder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from tests.conftest import tiny_config
+from xdc.config import VIDEO_MEAN, VIDEO_STD
+from xdc.data.datasets import (
+    ClipDataset,
+    ClipKey,
+    KeySampler,
+    collate_clips,
+    epoch_keys,
+    worker_init,
+)
+from xdc.data.decode import decode_clip
+from xdc.data.manifest import read_manifest, write_manifest
+from xdc.data.transforms import normalize_video
+from xdc.errors import DataError
+from xdc.runlog import read_metrics
+from xdc.training import pretrain
+
+
+def _dataset(manifest_path: Path, train: bool = True, **overrides: object) -> ClipDataset:
+    config = tiny_config("xdc", **overrides).data
+    return ClipDataset(read_manifest(manifest_path), config, train=train)
+
+
+def _batches(dataset: ClipDataset, keys: list[ClipKey], workers: int) -> list[dict]:
+    loader = DataLoader(
+        dataset, batch_size=4, sampler=KeySampler(keys), num_workers=workers,
+        collate_fn=collate_clips, worker_init_fn=worker_init,
+    )  # fmt: skip
+    return list(loader)
+
+
+def test_clip_dict_contract(demo_manifest: Path) -> None:
+    ds = _dataset(demo_manifest)
+    sample = ds[ClipKey(ds.rows[0], seed=1)]
+    cfg = ds.config
+    assert sample["video"].dtype == torch.uint8
+    assert tuple(sample["video"].shape) == (3, cfg.num_frames, cfg.crop_size, cfg.crop_size)
+    assert tuple(sample["audio"].shape) == (1, cfg.n_mels, cfg.audio_frames)
+    assert sample["audio"].dtype == torch.float32 and torch.isfinite(sample["audio"]).all()
+    assert sample["index"] == ds.rows[0] and sample["label"] >= 0
+    assert sample["path"].endswith(".mp4") and sample["failures"] == []
+    assert sample["start_sec"] >= 0.0
+
+
+def test_encoders_normalise_uint8_clips_with_the_kinetics_statistics() -> None:
+    clip = torch.randint(0, 256, (2, 3, 4, 8, 8), dtype=torch.uint8)
+    out = normalize_video(clip)
+    mean = torch.tensor(VIDEO_MEAN).view(1, 3, 1, 1, 1)
+    std = torch.tensor(VIDEO_STD).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(out, (clip.float() / 255 - mean) / std)
+    assert normalize_video(out) is out, "float clips are taken as normalised already"
+
+
+def test_loader_is_deterministic_for_a_seed_whatever_the_workers(demo_manifest: Path) -> None:
+    ds = _dataset(demo_manifest)
+    keys = epoch_keys(ds.rows, 12, seed=3, epoch=(0, 1))
+    assert keys == epoch_keys(ds.rows, 12, seed=3, epoch=(0, 1))
+    assert keys != epoch_keys(ds.rows, 12, seed=3, epoch=(0, 2))
+    alone, pooled = _batches(ds, keys, 0), _batches(ds, keys, 2)
+    for a, b in zip(alone, pooled, strict=True):
+        assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])
+        assert torch.equal(a["index"], b["index"])
+    # Training draws vary the clip (augmentation); the same key always gives the same clip.
+    k = keys[0]
+    assert torch.equal(ds[k]["video"], ds[k]["video"])
+    assert not torch.equal(ds[k]["video"], ds[ClipKey(k.row, k.seed + 1)]["video"])
+
+
+def test_rows_without_audio_are_excluded_and_counted(demo_manifest: Path, tmp_path: Path) -> None:
+    manifest = read_manifest(demo_manifest)
+    rows = [dict(r) for r in manifest.rows]
+    for r in rows[:4]:
+        r["has_audio"] = "0"
+    for r in rows:
+        r["path"] = str(manifest.root / r["path"])
+    path = write_manifest(rows, tmp_path / "m.csv")
+    ds = _dataset(path)
+    assert ds.excluded_no_audio == 4 and len(ds) == len(rows) - 4
+    assert not set(range(4)) & set(ds.rows)
+
+
+def _copy_demo(demo_manifest: Path, dst: Path) -> Path:
+    shutil.copytree(demo_manifest.parent, dst)
+    return dst / "manifest.csv"
+
+
+def test_file_corrupted_after_indexing_is_replaced_and_reported(
+    demo_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest_path = _copy_demo(demo_manifest, tmp_path / "data")
+    manifest = read_manifest(manifest_path)
+    broken = manifest.path(0)
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated after `xdc index` probed it
+    ds = _dataset(manifest_path)
+    sample = ds[ClipKey(0, seed=5)]
+    assert sample["index"] != 0, "another video was drawn instead"
+    assert len(sample["failures"]) == 1 and str(broken) in sample["failures"][0]
+    # In a run: the failure is reported once, in RUN/failures.txt and on stderr, and training goes on.
+    out = tmp_path / "run"
+    pretrain(tiny_config("xdc", data__cache="none"), manifest_path, out, progress=False)
+    assert (out / "failures.txt").read_text().count(str(broken)) == 1
+    assert "skipped unreadable video" in capsys.readouterr().err
+    assert read_metrics(out, "finished")
+
+
+def test_too_many_failures_in_a_row_is_a_clear_error(demo_manifest: Path, tmp_path: Path) -> None:
+    manifest_path = _copy_demo(demo_manifest, tmp_path / "data")
+    manifest = read_manifest(manifest_path)
+    for i in range(len(manifest)):
+        manifest.path(i).write_bytes(b"not a video any more")
+    ds = _dataset(manifest_path)
+    with pytest.raises(DataError, match="in a row failed to decode"):
+        ds[ClipKey(0, seed=0)]
+
+
+def test_ram_cache_cuts_the_same_clips_as_the_decoder(demo_manifest: Path) -> None:
+    ds = _dataset(demo_manifest, train=False)
+    cache = ds.build_cache(progress=False)
+    for row in ds.rows[:4]:
+        for start in (0.0, 0.1, 0.45, 5.0):  # 5.0 is past the end: moved back to fit
+            cached = cache.clip(row, start)
+            decoded = decode_clip(ds.manifest.path(row), start, ds.spec, ds.manifest.duration(row))
+            assert cached.start_sec == pytest.approx(decoded.start_sec)
+            np.testing.assert_array_equal(cached.frame_times, decoded.frame_times)
+            np.testing.assert_array_equal(cached.frames, decoded.frames)
+            assert cached.audio_start_sec == pytest.approx(decoded.audio_start_sec, abs=1e-6)
+            assert cached.audio is not None and decoded.audio is not None
+            # The decoder resamples a chunk that starts at the seek point, the cache the whole
+            # track: the two 16 kHz grids differ by a fraction of a sample, so compare what the
+            # encoder sees, the log-mel, rather than the samples.
+            a, b = (
+                ds.logmel(torch.from_numpy(cached.audio)),
+                ds.logmel(torch.from_numpy(decoded.audio)),
+            )
+            assert (a - b).abs().mean() < 0.05 and (a - b).abs().max() < 1.0
