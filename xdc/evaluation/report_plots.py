@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # no display: the report is written on servers too
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402  (a dependency of matplotlib)
+from PIL import Image  # noqa: E402
 
 from xdc.run import FAILURES_NAME  # noqa: E402
 
