@@ -18,6 +18,7 @@ from xdc.checkpoint import load_checkpoint
 from xdc.cli import main
 from xdc.config import ClusterConfig
 from xdc.deep_clustering import DeepClusteringModel
+from xdc.errors import ConfigError
 from xdc.methods import METHODS, get_method
 from xdc.pseudolabels import balanced_weights, make_pseudo_labels
 from xdc.runlog import read_metrics
@@ -113,10 +114,10 @@ def test_finished_run_says_so_and_changes_nothing(
     assert (tiny_run / "checkpoint.pt").stat().st_mtime_ns == before
 
 
-def test_resume_continues_where_the_run_stopped(demo_manifest: Path, tmp_path: Path) -> None:
-    """Stop after iteration 1 (a shorter run), then ask for 2 iterations: not allowed silently."""
+def test_a_finished_run_is_not_silently_extended(demo_manifest: Path, tmp_path: Path) -> None:
+    """A run of 1 iteration, re-run asking for 2: refused, naming the key that differs."""
     pretrain(tiny_config("xdc"), demo_manifest, tmp_path / "run", progress=False)
-    with pytest.raises(Exception, match="train.iterations"):
+    with pytest.raises(ConfigError, match="train.iterations"):
         pretrain(
             tiny_config("xdc", train__iterations=2), demo_manifest, tmp_path / "run", progress=False
         )

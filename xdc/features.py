@@ -24,7 +24,8 @@ _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def recalibrate_batchnorm(
     encoder: nn.Module, inputs: Iterable[Tensor], device: torch.device | str = "cpu"
 ) -> int:
-    """Recompute every BatchNorm's running mean/var as the exact average over ``inputs``.
+    """Recompute every BatchNorm's running mean/var as the clip-weighted average of the per-batch
+    statistics over ``inputs`` (the mean is exact; the variance is the average within-batch one).
 
     Leaves ``encoder`` in eval mode with its weights untouched. Returns the number of clips seen
     (0 means the encoder has no BatchNorm or no inputs were given: statistics unchanged).
@@ -35,11 +36,14 @@ def recalibrate_batchnorm(
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
-        m.momentum = None  # cumulative moving average = exact mean over all batches
     encoder.train()
     seen = 0
     try:
         for x in inputs:
+            # Momentum b / (seen + b) makes the running statistics the average of the batch
+            # statistics weighted by batch size: a short last batch counts for what it holds.
+            for m in layers:
+                m.momentum = x.shape[0] / (seen + x.shape[0])
             encoder(x.to(device, non_blocking=True))
             seen += x.shape[0]
     finally:
