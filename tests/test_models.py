@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from xdc.errors import ConfigError
+from xdc.errors import CheckpointError, ConfigError
 from xdc.models import (
     AudioResNet18,
     ClassifierHead,
@@ -17,7 +17,9 @@ from xdc.models import (
     R2Plus1D18,
     build_audio_encoder,
     build_video_encoder,
+    load_encoder_state,
 )
+from xdc.models.video import add_frame_differences, normalize_video
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -37,6 +39,9 @@ ENCODER_CASES = [
     ("frame2d_mean", lambda: FrameCNN(), (2, 3, 3, 32, 32)),
     ("frame2d_max", lambda: FrameCNN(width=8, temporal_pool="max"), (2, 3, 3, 32, 32)),
     ("mixed2d3d", lambda: Mixed2D3D(width=4), (2, 3, 4, 32, 32)),
+    ("mixed2d3d_diff", lambda: Mixed2D3D(width=4, video_input="rgb_diff"), (2, 3, 4, 32, 32)),
+    ("frame2d_diff", lambda: FrameCNN(width=4, video_input="rgb_diff"), (2, 3, 3, 32, 32)),
+    ("r2plus1d_diff", lambda: R2Plus1D18(width=8, video_input="rgb_diff"), (2, 3, 4, 32, 32)),
     ("audio_avg", lambda: AudioResNet18(width=8), (2, 1, 40, 100)),
     ("audio_max", lambda: AudioResNet18(width=8, pool="max"), (2, 1, 40, 100)),
     ("audio_avgmax", lambda: AudioResNet18(width=8, pool="avgmax"), (2, 1, 40, 100)),
@@ -251,3 +256,52 @@ def test_classifier_head_init_and_reset_follow_deepcluster() -> None:
     assert head.weight.mean().abs().item() < 0.001
     assert torch.all(head.bias == 0)
     assert set(head.state_dict()) == {"weight", "bias"}
+
+
+def _square_clip(positions: list[int], size: int = 32) -> torch.Tensor:
+    """(1, 3, T, size, size) uint8: a grey background with a white 6-px square at x = position."""
+    clip = torch.full((1, 3, len(positions), size, size), 90, dtype=torch.uint8)
+    for t, x in enumerate(positions):
+        clip[0, :, t, 12:18, x : x + 6] = 250
+    return clip
+
+
+def test_frame_differences_are_zero_where_nothing_moves() -> None:
+    moving = normalize_video(_square_clip([4, 8, 12, 12]))
+    out = add_frame_differences(moving)
+    assert out.shape == (1, 6, 4, 32, 32)
+    assert torch.equal(out[:, :3], moving)
+    diff = out[:, 3:]
+    assert torch.count_nonzero(diff[:, :, 0]) == 0, "the first frame has no predecessor"
+    assert torch.count_nonzero(diff[:, :, 3]) == 0, "the square stood still between frames 2 and 3"
+    changed = diff[0, 0, 1].abs() > 0
+    # Moving 4 px right: the 4 columns it left and the 4 it entered change, rows 12-17 only.
+    assert changed.sum() == 2 * 4 * 6 and changed[12:18, 4:8].all() and changed[12:18, 10:14].all()
+
+
+@pytest.mark.parametrize("name", ["mixed2d3d", "frame2d", "r2plus1d_18"])
+def test_rgb_diff_encoder_adds_only_motion_to_the_rgb_encoder(name: str) -> None:
+    """With the difference channels' weights at zero, rgb_diff computes exactly what rgb does;
+    with them non-zero, a still clip still gives the rgb features and only a moving one differs."""
+    torch.manual_seed(0)
+    width = 8 if name == "r2plus1d_18" else 4
+    rgb = build_video_encoder(name, width=width).eval()
+    both = build_video_encoder(name, width=width, video_input="rgb_diff").eval()
+    first = next(key for key, value in both.state_dict().items() if value.dim() >= 4)
+    state = rgb.state_dict()
+    state[first] = torch.cat([state[first], torch.zeros_like(state[first])], dim=1)
+    both.load_state_dict(state)
+    still, moving = _square_clip([10] * 4), _square_clip([4, 8, 12, 16])
+    with torch.no_grad():
+        assert torch.allclose(both(moving), rgb(moving), atol=1e-6)
+        both.state_dict()[first][:, 3:].normal_()
+        assert torch.allclose(both(still), rgb(still), atol=1e-6)
+        assert not torch.allclose(both(moving), rgb(moving), atol=1e-3)
+
+
+def test_rgb_weights_into_an_rgb_diff_encoder_name_the_video_input() -> None:
+    rgb_state = Mixed2D3D(width=4).state_dict()
+    with pytest.raises(CheckpointError, match="video_input=rgb;"):
+        load_encoder_state(Mixed2D3D(width=4, video_input="rgb_diff"), rgb_state, source="w.pt")
+    with pytest.raises(ConfigError, match="model.video_input"):
+        Mixed2D3D(video_input="flow")  # type: ignore[arg-type]

@@ -36,6 +36,10 @@ class ModelConfig:
     """R(2+1)D mid-channel rule: ``xdc`` (released XDC/VMZ weights) or ``torchvision``."""
     video_temporal_pool: str = "mean"
     """``frame2d`` only: how per-frame features are pooled over time (``mean`` or ``max``)."""
+    video_input: str = "rgb"
+    """What the video encoder's first conv sees: ``rgb`` (the frames; released weights) or
+    ``rgb_diff`` (the frames and their temporal differences, TSN's RGB-difference input: motion is
+    explicit and the still background cancels out; docs/presets.md measures it)."""
     audio: str = "resnet18"
     """Audio encoder: ``resnet18`` (2D ResNet-18 on log-mel) [V architecture, U details]."""
     audio_width: int = 64
@@ -168,6 +172,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.video": ("r2plus1d_18", "frame2d", "mixed2d3d"),
     "model.video_mid_rule": ("xdc", "torchvision"),
     "model.video_temporal_pool": ("mean", "max"),
+    "model.video_input": ("rgb", "rgb_diff"),
     "model.audio": ("resnet18",),
     "model.audio_pool": ("avg", "max", "avgmax"),
     "data.augment": ("none", "strong"),

@@ -22,13 +22,19 @@ def build_encoders(model: ModelConfig, n_mels: int) -> dict[str, nn.Module]:
             mid_rule=model.video_mid_rule,
             width=model.video_width,
             bn_eps=model.bn_eps,
+            video_input=model.video_input,
         )
     elif model.video == "frame2d":
         video = build_video_encoder(
-            "frame2d", width=model.video_width, temporal_pool=model.video_temporal_pool
+            "frame2d",
+            width=model.video_width,
+            temporal_pool=model.video_temporal_pool,
+            video_input=model.video_input,
         )
     else:
-        video = build_video_encoder(model.video, width=model.video_width)
+        video = build_video_encoder(
+            model.video, width=model.video_width, video_input=model.video_input
+        )
     audio = build_audio_encoder(
         model.audio, width=model.audio_width, n_mels=n_mels, pool=model.audio_pool
     )

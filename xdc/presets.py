@@ -19,6 +19,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "model": {
             "video": "mixed2d3d",
             "video_width": 16,
+            "video_input": "rgb_diff",
             "audio_width": 16,
             "audio_pool": "avgmax",
         },

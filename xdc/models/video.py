@@ -1,14 +1,19 @@
-"""Video encoders: R(2+1)D-18 (both mid-channel conventions, any width) and a per-frame 2D CNN.
+"""Video encoders: R(2+1)D-18 (both mid-channel conventions, any width), a per-frame 2D CNN and a
+small 2D-then-3D net for CPU presets.
 
-Both follow the encoder contract: ``forward_features(x) -> (B, D)``, ``num_features == D``,
+All follow the encoder contract: ``forward_features(x) -> (B, D)``, ``num_features == D``,
 ``forward is forward_features``; no classifier inside (heads live in :mod:`xdc.models.heads`).
-Input: a normalised clip of shape (B, 3, T, H, W).
+Input: a clip of shape (B, 3, T, H, W), uint8 RGB or normalised float.
+
+Every encoder takes ``video_input``: ``"rgb"`` (the frames) or ``"rgb_diff"`` (the frames plus
+their temporal differences, 6 channels into the first conv; see :func:`add_frame_differences`).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor, nn
 
 from xdc.data.transforms import normalize_video
@@ -16,6 +21,38 @@ from xdc.errors import ConfigError
 
 MidRule = Literal["xdc", "torchvision"]
 MID_RULES: tuple[str, ...] = ("xdc", "torchvision")
+VideoInput = Literal["rgb", "rgb_diff"]
+VIDEO_INPUTS: tuple[str, ...] = ("rgb", "rgb_diff")
+
+
+def input_channels(video_input: str) -> int:
+    """Channels the first conv sees: 3 for ``rgb``, 6 for ``rgb_diff``."""
+    if video_input not in VIDEO_INPUTS:
+        raise ConfigError(
+            f"video_input must be one of {list(VIDEO_INPUTS)}, got {video_input!r} (model.video_input)"
+        )
+    return 6 if video_input == "rgb_diff" else 3
+
+
+def add_frame_differences(x: Tensor) -> Tensor:
+    """(B, 3, T, H, W) normalised clip → (B, 6, T, H, W): the frames, then each frame minus the one
+    before it (zero for the first frame).
+
+    The RGB-difference input of TSN (Wang et al., ECCV 2016) given next to the frames: what moved
+    is explicit at the first layer, and what stays still (most of the background) cancels out, so
+    a small network does not have to learn motion from appearance alone.
+    """
+    diff = torch.zeros_like(x)
+    diff[:, :, 1:] = x[:, :, 1:] - x[:, :, :-1]
+    return torch.cat([x, diff], dim=1)
+
+
+def prepare_input(x: Tensor, video_input: str) -> Tensor:
+    """Normalise a (B, 3, T, H, W) clip and add its frame differences when asked (→ 3 or 6 ch)."""
+    x = normalize_video(x)
+    if x.dim() != 5 or x.shape[1] != 3:
+        raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+    return add_frame_differences(x) if video_input == "rgb_diff" else x
 
 
 def mid_channels(in_planes: int, out_planes: int) -> int:
@@ -118,6 +155,7 @@ class R2Plus1D18(nn.Module):
             The stem's 45 mid channels scale as ``max(1, 45 * width // 64)``.
         bn_eps: BatchNorm epsilon (1e-3 in the XDC release, 1e-5 in torchvision).
         bn_momentum: PyTorch BatchNorm momentum (0.1 is Caffe2's 0.9).
+        video_input: ``"rgb"`` (released weights) or ``"rgb_diff"`` (6-channel stem).
 
     ``forward_features``: (B, 3, T, H, W) -> (B, 8 * width), global average pool of stage 4.
     """
@@ -128,6 +166,7 @@ class R2Plus1D18(nn.Module):
         width: int = 64,
         bn_eps: float = 1e-3,
         bn_momentum: float = 0.1,
+        video_input: VideoInput = "rgb",
     ) -> None:
         super().__init__()
         if mid_rule not in MID_RULES:
@@ -136,9 +175,17 @@ class R2Plus1D18(nn.Module):
             raise ConfigError(f"width must be >= 1, got {width}")
         self.mid_rule = mid_rule
         self.width = width
+        self.video_input = video_input
         stem_mid = max(1, 45 * width // 64)
         self.stem = nn.Sequential(
-            nn.Conv3d(3, stem_mid, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False),
+            nn.Conv3d(
+                input_channels(video_input),
+                stem_mid,
+                (1, 7, 7),
+                stride=(1, 2, 2),
+                padding=(0, 3, 3),
+                bias=False,
+            ),
             nn.BatchNorm3d(stem_mid, eps=bn_eps, momentum=bn_momentum),
             nn.ReLU(inplace=True),
             nn.Conv3d(stem_mid, width, (3, 1, 1), stride=1, padding=(1, 0, 0), bias=False),
@@ -161,10 +208,7 @@ class R2Plus1D18(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features) pooled."""
-        x = normalize_video(x)
-        if x.dim() != 5:
-            raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
-        x = self.stem(x)
+        x = self.stem(prepare_input(x, self.video_input))
         for name in ("layer1", "layer2", "layer3", "layer4"):
             x = getattr(self, name)(x)
         return self.pool(x).flatten(1)
@@ -183,19 +227,26 @@ class FrameCNN(nn.Module):
     Args:
         width: channels of the first conv; features are 4 * width.
         temporal_pool: how per-frame features are combined over time: ``"mean"`` or ``"max"``.
+        video_input: ``"rgb"`` or ``"rgb_diff"`` (each frame also sees its change since the last).
 
     ``forward_features``: (B, 3, T, H, W), any T >= 1 and H, W >= 16 -> (B, 4 * width).
     """
 
-    def __init__(self, width: int = 32, temporal_pool: Literal["mean", "max"] = "mean") -> None:
+    def __init__(
+        self,
+        width: int = 32,
+        temporal_pool: Literal["mean", "max"] = "mean",
+        video_input: VideoInput = "rgb",
+    ) -> None:
         super().__init__()
         if width < 1:
             raise ConfigError(f"width must be >= 1, got {width}")
         if temporal_pool not in ("mean", "max"):
             raise ConfigError(f"temporal_pool must be 'mean' or 'max', got {temporal_pool!r}")
         self.temporal_pool = temporal_pool
+        self.video_input = video_input
         self.features = nn.Sequential(
-            _conv_bn_relu(3, width, stride=2),
+            _conv_bn_relu(input_channels(video_input), width, stride=2),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             _conv_bn_relu(width, 2 * width, stride=2),
             _conv_bn_relu(2 * width, 4 * width, stride=2),
@@ -211,7 +262,7 @@ class FrameCNN(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
-        per_frame, batch, frames = frames_as_images(x)
+        per_frame, batch, frames = frames_as_images(prepare_input(x, self.video_input))
         maps = self.features(per_frame)
         maps = self.relu(maps + self.refine(maps))
         frame_features = maps.mean(dim=(2, 3)).view(batch, frames, -1)
@@ -238,12 +289,13 @@ class Mixed2D3D(nn.Module):
     ``forward_features``: (B, 3, T, H, W), any T >= 1 and H, W >= 16 -> (B, 4 * width).
     """
 
-    def __init__(self, width: int = 16) -> None:
+    def __init__(self, width: int = 16, video_input: VideoInput = "rgb") -> None:
         super().__init__()
         if width < 1:
             raise ConfigError(f"width must be >= 1, got {width}")
+        self.video_input = video_input
         self.frames = nn.Sequential(
-            _conv_bn_relu(3, width, stride=2),
+            _conv_bn_relu(input_channels(video_input), width, stride=2),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             _conv_bn_relu(width, 2 * width, stride=2),
             _conv_bn_relu(2 * width, 4 * width, stride=2),
@@ -262,7 +314,7 @@ class Mixed2D3D(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
-        per_frame, batch, frames = frames_as_images(x)
+        per_frame, batch, frames = frames_as_images(prepare_input(x, self.video_input))
         maps = self.frames(per_frame)
         maps = maps.view(batch, frames, *maps.shape[1:]).transpose(1, 2)
         return self.temporal(maps).mean(dim=(2, 3, 4))
@@ -271,10 +323,7 @@ class Mixed2D3D(nn.Module):
 
 
 def frames_as_images(x: Tensor) -> tuple[Tensor, int, int]:
-    """(B, 3, T, H, W) clip (uint8 or normalised) → ((B·T, 3, H, W) normalised frames, B, T)."""
-    x = normalize_video(x)
-    if x.dim() != 5:
-        raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
+    """(B, C, T, H, W) prepared clip (:func:`prepare_input`) → ((B·T, C, H, W) frames, B, T)."""
     batch, channels, frames, height, width = x.shape
     return x.transpose(1, 2).reshape(batch * frames, channels, height, width), batch, frames
 
@@ -322,6 +371,11 @@ def build_video_encoder(name: str, **kwargs: object) -> R2Plus1D18 | FrameCNN | 
 
 __all__ = [
     "MID_RULES",
+    "VIDEO_INPUTS",
+    "VideoInput",
+    "add_frame_differences",
+    "input_channels",
+    "prepare_input",
     "BasicBlock2Plus1D",
     "Conv2Plus1D",
     "FrameCNN",

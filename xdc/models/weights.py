@@ -91,7 +91,16 @@ def _shape(tensor: Tensor) -> tuple[int, ...]:
     return tuple(tensor.shape)
 
 
-def _mismatch_hint(mismatched: list[str]) -> str:
+def _mismatch_hint(
+    mismatched: list[str], shapes: list[tuple[tuple[int, ...], tuple[int, ...]]]
+) -> str:
+    """A likely cause for the mismatched keys; ``shapes``: (file, model) shape of each key."""
+    if len(shapes) == 1 and _differ_in_input_channels(*shapes[0], {3, 6}):
+        saved = "rgb_diff" if shapes[0][0][1] == 6 else "rgb"
+        return (
+            f" Only the first conv's input channels differ: the file was trained with "
+            f"model.video_input={saved}; build the encoder with the same video input."
+        )
     if any(".conv2.0." in key for key in mismatched):
         return (
             " The (2+1)D mid channels differ: the file uses the other mid-channel convention "
@@ -99,6 +108,11 @@ def _mismatch_hint(mismatched: list[str]) -> str:
             "detects it)."
         )
     return " The file was saved from another architecture or width."
+
+
+def _differ_in_input_channels(a: tuple[int, ...], b: tuple[int, ...], values: set[int]) -> bool:
+    """Conv weights equal but for their input channels, which are ``values`` (e.g. {3, 6})."""
+    return len(a) == len(b) >= 4 and a[:1] + a[2:] == b[:1] + b[2:] and {a[1], b[1]} == values
 
 
 def load_encoder_state(
@@ -142,7 +156,9 @@ def load_encoder_state(
             for key in mismatched[:5]
         )
         more = f" ({len(mismatched)} in all)" if len(mismatched) > 5 else ""
-        problems.append(f"shape mismatch {pairs}{more}.{_mismatch_hint(mismatched)}")
+        shapes = [(_shape(tensors[key]), _shape(model_state[key])) for key in mismatched]
+        hint = _mismatch_hint(mismatched, shapes)
+        problems.append(f"shape mismatch {pairs}{more}.{hint}")
     if strict and missing - tolerated:
         problems.append(f"missing keys {_preview(missing - tolerated)}")
     if strict and unexpected:
