@@ -16,13 +16,13 @@ from sklearn.metrics import adjusted_rand_score
 from tests.conftest import TINY_OVERRIDES, tiny_config
 from xdc.checkpoint import load_checkpoint
 from xdc.cli import main
-from xdc.config import ClusterConfig
+from xdc.config import ClusterConfig, TrainConfig
 from xdc.deep_clustering import DeepClusteringModel
 from xdc.errors import ConfigError
 from xdc.methods import METHODS, get_method
 from xdc.pseudolabels import balanced_weights, make_pseudo_labels
 from xdc.runlog import read_metrics
-from xdc.training import pretrain
+from xdc.training import lr_at, pretrain
 
 
 def _planted_features(
@@ -201,3 +201,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(
     assert all(
         torch.isfinite(t).all() for t in ckpt["encoders"]["video"].values() if t.is_floating_point()
     )
+
+
+def test_learning_rate_warms_up_then_keeps_its_peak_for_the_last_iteration() -> None:
+    """The default is constant: the last iteration, with the best pseudo-labels, trains at the peak
+    rate; ``cosine`` spends the rate over the whole run and leaves that iteration little."""
+    constant = TrainConfig(iterations=3, max_epochs=4, lr=0.1, warmup_epochs=1.0)
+    assert lr_at(0, 0.5, constant) == pytest.approx(0.05, abs=1e-3)
+    assert [lr_at(i, e, constant) for i, e in ((0, 1.0), (1, 2.0), (2, 3.99))] == [0.1] * 3
+    cosine = TrainConfig(iterations=3, max_epochs=4, lr=0.1, warmup_epochs=1.0, schedule="cosine")
+    assert lr_at(0, 0.5, cosine) == pytest.approx(0.05, abs=1e-3)
+    last = [lr_at(2, e, cosine) for e in (0.0, 2.0, 3.99)]
+    assert last[0] < 0.035 and last[0] > last[1] > last[2] >= 0.0  # under a third of the peak

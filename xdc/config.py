@@ -128,8 +128,10 @@ class TrainConfig:
     """Peak learning rate (SGD) [U]."""
     lr_min: float = 0.0
     """Final learning rate of the cosine schedule."""
-    schedule: str = "cosine"
-    """``cosine``, ``step`` (×0.1 at ``step_epochs``) or ``constant``."""
+    schedule: str = "constant"
+    """After the warm-up: ``constant`` (as DeepCluster: the pseudo-labels improve with every
+    iteration, and the last, best labelling needs a learning rate to be learned; docs/presets.md),
+    ``cosine`` or ``step`` (×0.1 at ``step_epochs``), both over the whole run."""
     step_epochs: tuple[int, ...] = ()
     """Epoch positions (over the whole run) where the step schedule divides the lr by 10."""
     warmup_epochs: float = 1.0

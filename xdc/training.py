@@ -231,7 +231,10 @@ def train_one_epoch(
     )
     for i, batch in enumerate(bar):
         run.report_failures(batch["failures"])
-        set_lr(optimizer, lr_at(state.iteration, state.epoch + i / max(1, len(loader)), run))
+        set_lr(
+            optimizer,
+            lr_at(state.iteration, state.epoch + i / max(1, len(loader)), run.config.train),
+        )
         loss, acc, n = train_step(model, batch, labels, optimizer, scaler, run)
         state.step += 1
         window.add(loss, acc, n)
@@ -363,13 +366,14 @@ def heldout_loss(model: DeepClusteringModel, state: LoopState, run: RunContext) 
     return result
 
 
-def lr_at(iteration: int, epoch: float, run: RunContext) -> float:
-    """Learning rate at a position of the run (warm-up, then cosine / step / constant).
+def lr_at(iteration: int, epoch: float, t: TrainConfig) -> float:
+    """Learning rate at a position of the run: linear warm-up, then constant, cosine or step.
 
     The run is ``iterations × max_epochs`` epochs long; an iteration that stops early skips the
     rest of its span, so the schedule is a pure function of the position and needs no state.
+    ``constant`` (every preset) keeps the peak rate for the later iterations, whose pseudo-labels
+    are the best; ``cosine`` and ``step`` decay over the whole run.
     """
-    t: TrainConfig = run.config.train
     position = iteration * t.max_epochs + epoch
     total = t.iterations * t.max_epochs
     if t.warmup_epochs > 0 and position < t.warmup_epochs:
