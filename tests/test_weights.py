@@ -1,7 +1,7 @@
 """Loading released weights: the documented key layout, both conventions, hashes, safety, errors.
 
-The state dicts here are built from the rules in METHOD.md ("Encoders"), not from the model code,
-so that a drift of the model away from the released layout fails these tests.
+The state dicts here are built from the released layout (VideoResNet keys, both mid-channel rules),
+not from the model code, so that a drift of the model away from that layout fails these tests.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ overrides (``train.lr=0.05 cluster.k=64``). Unknown keys are rejected, values ar
 field's type, and every error names the flag to fix. The resolved configuration is saved in each run
 folder (``config.json``) and inside every checkpoint.
 
-Tags as in METHOD.md: [V] confirmed by the paper's release or its author; [U] a sensible default
+Tags: [V] confirmed by the paper's release or its author; [U] a sensible default
 where the paper is silent — configurable, never hidden.
 """
 

@@ -2,7 +2,7 @@
 
 Used by pretraining (features to cluster) and by every evaluation. Every encoder — random or
 trained — goes through the same steps, because a network evaluated with BatchNorm statistics that
-do not match its inputs looks far worse than it is (METHOD.md: 5% vs 17.5% top-1 for a random
+do not match its inputs looks far worse than it is (in a pilot: 5% vs 17.5% top-1 for a random
 encoder once its statistics were recomputed on the training clips).
 """
 

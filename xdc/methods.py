@@ -1,4 +1,4 @@
-"""The four deep-clustering methods of the paper, as data (METHOD.md, "The four variants").
+"""The four deep-clustering methods of the paper, as data (README, "The methods").
 
 A method says which clusterings are made (k-means over which modality's features) and which
 clusterings the heads of each encoder predict. One training loop serves all of them:

@@ -1,7 +1,7 @@
 """Clip datasets over a manifest, samplers that make every clip a pure function of its key, and the
 collate function that carries decode failures back to the main process.
 
-The clip dict contract (ARCHITECTURE.md):
+The clip dict contract (README, "Data pipeline"):
     ``video``     uint8 (3, T, H, W) RGB; the encoders normalise it on their device
                   (``xdc.data.transforms.normalize_video``)
     ``audio``     float (1, n_mels, n_frames), log-mel

@@ -1,6 +1,6 @@
 """The manifest: a plain CSV a person can read and edit, one row per video.
 
-Columns (ARCHITECTURE.md): ``path`` (relative to the manifest's folder, or absolute), ``label``
+Columns: ``path`` (relative to the manifest's folder, or absolute), ``label``
 (class name, empty when unknown), ``split`` (``train``/``test``/…, may be empty), ``duration_sec``,
 ``fps``, ``width``, ``height``, ``has_audio`` (0/1), ``sample_rate``, ``audio_channels``, and any
 column the user added, kept as is.

@@ -1,6 +1,6 @@
 """Evaluation of pretrained encoders: probes, retrieval, cluster metrics and the run report.
 
-Frozen-feature protocols (METHOD.md "Evaluation protocols"), each a Python function and a command:
+Frozen-feature protocols (README, "Evaluation protocols"), each a Python function and a command:
 
 | function                                   | command          | result file                   |
 |--------------------------------------------|------------------|-------------------------------|

@@ -2,7 +2,7 @@
 
 Every evaluation goes through ``FeatureExtractor``:
 
-1. **BatchNorm recalibration** (METHOD.md lesson): before extracting, each encoder — random or
+1. **BatchNorm recalibration** (README, "Evaluation protocols"): before extracting, each encoder — random or
    trained — gets its BatchNorm statistics recomputed (``xdc.features.calibrated_copy``) on
    ``bn_clips`` clips of the *training* rows. The clips are a fixed function of those rows and the
    number asked for (never of the encoder), so every encoder compared sees the same clips. It is

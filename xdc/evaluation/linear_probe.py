@@ -1,6 +1,6 @@
 """Linear probe on frozen features: StandardScaler + multinomial logistic regression.
 
-Protocol (METHOD.md "Evaluation protocols", linear variant):
+Protocol (the linear variant of the paper's evaluation; README, "Evaluation protocols"):
 
 - The classifier is trained on **clip** features of the training videos.
 - Its inverse regularisation ``C`` is chosen by cross-validation on the training split only, over a
