@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import struct
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -157,6 +158,28 @@ def _audio_only(media: dict[str, Path], target: Path) -> Path:
     return Path(shutil.copy(media["audio_only"], target))
 
 
+def _subtitles_only(media: dict[str, Path], target: Path) -> Path:
+    """A Matroska file whose only stream is subtitles: neither video nor audio."""
+    target = target.with_suffix(".mkv")
+    with av.open(str(target), "w") as container:
+        stream = container.add_stream("ass")
+        packet = av.Packet(b"Dialogue: hello")
+        packet.stream, packet.time_base = stream, Fraction(1, 1000)
+        packet.pts, packet.dts, packet.duration = 0, 0, 1000
+        container.mux(packet)
+    return target
+
+
+def _zeroed_audio_only(media: dict[str, Path], target: Path) -> Path:
+    """An AAC-only MP4 whose media data is zeroed: the headers are fine, no packet decodes."""
+    data = bytearray(media["audio_only"].read_bytes())
+    at = data.index(b"mdat")
+    size = struct.unpack(">I", data[at - 4 : at])[0]
+    data[at + 4 : at - 4 + size] = bytes(size - 8)
+    target.write_bytes(data)
+    return target
+
+
 BAD_FILES = [
     (_empty, "empty file", "0 bytes"),
     (_text, "not a media file", "no known container"),
@@ -168,7 +191,8 @@ BAD_FILES = [
     (_zeroed_media_data, "undecodable video", "decodes to a frame"),
     (_damaged_matroska_header, "corrupt", "Matroska"),
     (_untimed_still, "zero duration", "0 s"),
-    (_audio_only, "no video stream", "audio (aac)"),
+    (_subtitles_only, "no video or audio stream", "subtitle (ssa)"),
+    (_zeroed_audio_only, "undecodable audio", "decodes to samples"),
 ]
 
 
@@ -266,9 +290,15 @@ def test_index_folder_labels_by_parent_folder_and_rejects_with_reasons(
         "../videos/jump/a.mp4",
         "../videos/run/b.MKV",
         "../videos/run/quiet.mp4",
+        "../videos/run/song.mp4",  # audio only: kept for the audio protocols
         "../videos/top.mkv",
     }
-    assert [rows[p]["label"] for p in sorted(rows)] == ["jump", "run", "run", ""]
+    assert [rows[p]["label"] for p in sorted(rows)] == ["jump", "run", "run", "run", ""]
+    assert [rows[p]["has_video"] for p in sorted(rows)] == ["1", "1", "1", "0", "1"]
+    assert (rows["../videos/run/song.mp4"]["width"], rows["../videos/run/song.mp4"]["fps"]) == (
+        "0",
+        "0",
+    )
     assert all(manifest.path(i).is_file() for i in range(len(manifest)))
     assert rows["../videos/run/quiet.mp4"]["has_audio"] == "0"
     assert rows["../videos/jump/a.mp4"]["has_audio"] == "1"
@@ -278,22 +308,21 @@ def test_index_folder_labels_by_parent_folder_and_rejects_with_reasons(
         "../videos/jump/fake.mp4": "not a media file",
         "../videos/run/cut.mp4": "truncated",
         "../videos/run/empty.avi": "empty file",
-        "../videos/run/song.mp4": "no video stream",
     }
     assert (result.kept, result.without_audio, result.reused_from_cache, result.probed) == (
-        4,
+        5,
         1,
         0,
         8,
     )
+    assert result.audio_only == 1
     assert result.rejected_by_reason == {
         "not a media file": 1,
         "truncated": 1,
         "empty file": 1,
-        "no video stream": 1,
     }
     summary = result.summary()
-    assert "kept 4, rejected 4" in summary and "without audio 1" in summary
+    assert "kept 5, rejected 3" in summary and "without audio 1, audio-only 1" in summary
     assert "truncated: 1" in summary and str(output) in summary
 
 
@@ -381,7 +410,7 @@ def test_nothing_kept_still_writes_both_files(media: dict[str, Path], tmp_path: 
     (tmp_path / "empty").mkdir()
     result = index_source(tmp_path / "empty", tmp_path / "e" / "m.csv", progress=False)
     assert (tmp_path / "e" / "m.csv").is_file() and (tmp_path / "e" / "rejected.csv").is_file()
-    assert "no video files were found" in result.summary()
+    assert "no video or audio files were found" in result.summary()
 
 
 def test_index_errors_name_the_path_and_the_fix(tmp_path: Path) -> None:

@@ -134,6 +134,8 @@ def open_run(
     )
     if train_set.excluded_no_audio:
         ctx.say(f"note: {train_set.excluded_no_audio} videos without audio are excluded")
+    if train_set.excluded_no_video:
+        ctx.say(f"note: {train_set.excluded_no_video} audio-only files (no video) are excluded")
     return ctx
 
 

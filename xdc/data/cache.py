@@ -6,6 +6,12 @@ and then cuts clips out of memory with the same rules as ``decode_clip``: the fr
 target time, start clamping, ``pad``/``loop`` overflow, an audio window on the sample grid with
 zeros outside the track. It is built in the main process before DataLoader workers start, so the
 workers share it (copy-on-write) instead of each holding a copy.
+
+Only what the spec asks for and the file has is held: no frames for an audio-only file
+(``has_video`` 0) or an audio-only spec (``decode_video=False``: the audio of video files is then
+decoded without their frames), no audio without ``audio_samples`` or without an audio track.
+One cache can serve datasets whose specs differ (``clip(row, start, spec)``): a video dataset and
+an audio one over the same rows.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ FRAME_TIME_EPS_SEC = 1e-3  # as in decode_clip: absorbs millisecond rounding of 
 
 @dataclass
 class CachedVideo:
-    frames: np.ndarray  # (N, H, W, 3) uint8, every source frame
+    frames: np.ndarray | None  # (N, H, W, 3) uint8, every source frame; None: not cached
     times: np.ndarray  # (N,) float64, presentation time of each frame
     audio: np.ndarray | None  # (S,) float32 mono at the spec's sample rate, from t = 0
     duration: float
+    path: str = ""
 
 
 class ClipCache:
@@ -68,18 +75,30 @@ class ClipCache:
                 self.failed[row] = f"{err.path}: {err.reason}"
                 log.warning("skipping unreadable video %s (%s)", err.path, err.reason)
 
+    def _wants(self, manifest: Manifest, row: int) -> tuple[bool, bool]:
+        """(cache frames, cache audio) of ``row``: what the spec asks for and the file has."""
+        video = self.spec.decode_video and manifest.has_video(row)
+        return video, bool(self.spec.audio_samples) and manifest.has_audio(row)
+
     def _estimate_bytes(self, manifest: Manifest, row: int) -> int:
+        want_video, want_audio = self._wants(manifest, row)
+        audio = manifest.duration(row) * self.spec.sample_rate * 4 if want_audio else 0
+        if not want_video:
+            return int(audio)
         info = manifest.rows[row]
         fps = float(info.get("fps") or 30.0)
         width, height = int(info.get("width") or 320), int(info.get("height") or 240)
         scale = (self.spec.resize_short or min(width, height)) / max(1, min(width, height))
         frames = math.ceil(manifest.duration(row) * fps) + 1
-        audio = manifest.duration(row) * self.spec.sample_rate * 4 if self.spec.audio_samples else 0
         return int(frames * width * height * scale * scale * 3 + audio)
 
     def _decode_whole(self, manifest: Manifest, row: int) -> CachedVideo:
         path = manifest.path(row)
         duration = manifest.duration(row)
+        want_video, want_audio = self._wants(manifest, row)
+        audio_samples = int(math.ceil(duration * self.spec.sample_rate)) + 1
+        if not want_video:
+            return self._decode_whole_audio(str(path), duration, audio_samples)
         fps = float(manifest.rows[row].get("fps") or 0.0)
         if duration <= 0 or fps <= 0:
             raise DecodeError(
@@ -88,12 +107,11 @@ class ClipCache:
         # Ask for frames at twice the nominal rate over the whole file: every source frame is then
         # picked at least once (also for variable frame rates up to 2× the nominal rate).
         n = int(math.ceil(duration * fps * 2)) + 2
-        audio_samples = int(math.ceil(duration * self.spec.sample_rate)) + 1
         whole = replace(
             self.spec,
             num_frames=n,
             fps=2 * fps,
-            audio_samples=audio_samples if self.spec.audio_samples else None,
+            audio_samples=audio_samples if want_audio else None,
             audio_align="start",
             overflow="pad",
         )
@@ -104,36 +122,55 @@ class ClipCache:
             times=clip.frame_times[keep].copy(),
             audio=clip.audio,
             duration=duration,
+            path=str(path),
         )
+
+    def _decode_whole_audio(self, path: str, duration: float, audio_samples: int) -> CachedVideo:
+        """The whole audio track, no frames (an audio-only file, or an audio-only spec)."""
+        if duration <= 0:
+            raise DecodeError(path, "duration unknown in the manifest; re-run xdc index")
+        whole = replace(
+            self.spec, decode_video=False, num_frames=0, audio_samples=audio_samples
+        )  # num_frames=0: the span is the window, which then starts at 0 whatever the alignment
+        clip = decode_clip(path, 0.0, whole, duration_sec=duration)
+        return CachedVideo(None, np.zeros(0), clip.audio, duration, path)
 
     def __contains__(self, row: int) -> bool:
         return row in self.videos or row in self.failed
 
-    def clip(self, row: int, start_sec: float) -> Clip:
-        """The clip of ``self.spec`` starting at ``start_sec``, cut from memory."""
+    def clip(self, row: int, start_sec: float, spec: ClipSpec | None = None) -> Clip:
+        """The clip of ``spec`` (default ``self.spec``; same size and sample rate) starting at
+        ``start_sec``, cut from memory: frames (T, H, W, 3) uint8 (empty when ``spec`` decodes no
+        video), audio (audio_samples,) float32 or None."""
         if row in self.failed:
             path, _, reason = self.failed[row].partition(": ")
             raise DecodeError(path, reason)
         video = self.videos[row]
-        spec = self.spec
+        spec = spec or self.spec
         span = clip_duration(spec)
         start = max(0.0, start_sec)
         if start >= video.duration:  # as decode_clip: a start past the end is moved to fit
             start = max(0.0, video.duration - span)
-        times = start + np.arange(spec.num_frames) / spec.fps
-        if spec.overflow == "loop":
-            times = np.mod(times + FRAME_TIME_EPS_SEC, video.duration) - FRAME_TIME_EPS_SEC
-        index = np.searchsorted(video.times, times + FRAME_TIME_EPS_SEC, side="right") - 1
-        index = np.clip(index, 0, len(video.times) - 1)
+        frames, frame_times = np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0)
+        if spec.decode_video:
+            if video.frames is None:
+                raise DecodeError(video.path, "no video stream (audio-only row or cache)")
+            times = start + np.arange(spec.num_frames) / spec.fps
+            if spec.overflow == "loop":
+                times = np.mod(times + FRAME_TIME_EPS_SEC, video.duration) - FRAME_TIME_EPS_SEC
+            index = np.searchsorted(video.times, times + FRAME_TIME_EPS_SEC, side="right") - 1
+            index = np.clip(index, 0, len(video.times) - 1)
+            frames, frame_times = video.frames[index], video.times[index]
         audio, audio_start = None, 0.0
         if spec.audio_samples:
-            audio, audio_start = self._audio_window(video, start, span)
-        return Clip(video.frames[index], video.times[index], start, audio, audio_start)
+            if video.audio is None:
+                raise DecodeError(video.path, "no audio stream (or not cached)")
+            audio, audio_start = self._audio_window(video, start, span, spec)
+        return Clip(frames, frame_times, start, audio, audio_start)
 
     def _audio_window(
-        self, video: CachedVideo, start: float, span: float
+        self, video: CachedVideo, start: float, span: float, spec: ClipSpec
     ) -> tuple[np.ndarray, float]:
-        spec = self.spec
         n = int(spec.audio_samples or 0)
         rate = spec.sample_rate
         ideal = start + span / 2 - n / (2 * rate) if spec.audio_align == "center" else start

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,11 @@ class ClipDataset(Dataset[dict[str, Any]]):
         train: random start, random crop, flip and augmentation; otherwise fixed clips
             (``ClipKey.clip``), centre crop, no augmentation.
         modalities: which of ``video`` and ``audio`` to load. Rows without audio are excluded when
-            ``audio`` is asked for — counted in ``excluded_no_audio`` and logged, never silently.
+            ``audio`` is asked for — counted in ``excluded_no_audio`` and logged, never silently —
+            and audio-only rows (``has_video`` 0) when ``video`` is (``excluded_no_video``).
+            Without ``video``, no frame is decoded (``ClipSpec.decode_video=False``); the audio
+            window of a video file is the one a full decode gives, and for an audio-only file the
+            clip *is* the audio window (``num_frames=0``: the clip span is the window).
         replace_failed: when a file fails to decode, draw another row (bounded by
             ``max_failures``) and report the failure in the sample's ``failures``. When False, the
             sample comes back with ``valid=False`` and zero tensors, for the caller to count.
@@ -87,23 +91,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self.replace_failed = replace_failed
         self.max_failures = max_failures
         self.need_audio = "audio" in self.modalities
-        rows = list(range(len(manifest)))
-        if self.need_audio:
-            rows = [i for i in rows if manifest.has_audio(i)]
-        self.rows = rows
-        self.excluded_no_audio = len(manifest) - len(rows)
-        if self.excluded_no_audio:
-            log.warning(
-                "%d of %d videos have no audio track and are excluded (audio is required)",
-                self.excluded_no_audio,
-                len(manifest),
-            )
-        if not rows:
-            where = manifest.source or manifest.root
-            raise DataError(
-                f"{where}: no usable videos ({len(manifest)} rows, "
-                f"{self.excluded_no_audio} without audio); audio-video methods need files with sound"
-            )
+        self.need_video = "video" in self.modalities
+        self.rows = self._usable_rows()
         self.logmel = LogMel(config.sample_rate, config.n_mels)
         self.spec = ClipSpec(
             num_frames=config.num_frames,
@@ -113,15 +102,59 @@ class ClipDataset(Dataset[dict[str, Any]]):
             sample_rate=config.sample_rate,
             audio_align=config.audio_align,  # type: ignore[arg-type]
             overflow=config.overflow,  # type: ignore[arg-type]
+            decode_video=self.need_video,
         )
+        self.audio_only_spec = None if self.need_video else replace(self.spec, num_frames=0)
+        """Spec of audio-only rows (``has_video`` 0): the clip span is the audio window."""
         self.cache: ClipCache | None = None
         """Decoded videos in RAM (``build_cache``); rows not in it are decoded from disk."""
-        self.replacement_pool: list[int] = list(rows)
+        self.replacement_pool: list[int] = list(self.rows)
         """Rows a failed file may be replaced by (the trainer narrows it to its training rows)."""
         self._bad_rows: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def _usable_rows(self) -> list[int]:
+        """Rows with every modality asked for; counts, logs and raises as the class says."""
+        manifest = self.manifest
+        rows = list(range(len(manifest)))
+        no_audio = [i for i in rows if self.need_audio and not manifest.has_audio(i)]
+        no_video = [i for i in rows if self.need_video and not manifest.has_video(i)]
+        self.excluded_no_audio, self.excluded_no_video = len(no_audio), len(no_video)
+        if no_audio:
+            log.warning(
+                "%d of %d videos have no audio track and are excluded (audio is required)",
+                len(no_audio),
+                len(manifest),
+            )
+        if no_video:
+            log.warning(
+                "%d of %d rows are audio-only files and are excluded (video is required)",
+                len(no_video),
+                len(manifest),
+            )
+        dropped = set(no_audio) | set(no_video)
+        rows = [i for i in rows if i not in dropped]
+        where = manifest.source or manifest.root
+        if not rows and no_video and len(no_video) == len(manifest):
+            raise DataError(
+                f"{where}: {'+'.join(self.modalities)} clips need video: all {len(manifest)} rows "
+                "are audio-only (has_video 0); use audio protocols (`xdc audio-probe`, "
+                "--modality audio) on them, or index video files"
+            )
+        if not rows:
+            raise DataError(
+                f"{where}: no usable videos ({len(manifest)} rows, {len(no_audio)} without audio, "
+                f"{len(no_video)} audio-only); audio-video methods need video files with sound"
+            )
+        return rows
+
+    def spec_for(self, row: int) -> ClipSpec:
+        """The clip spec of ``row``: ``audio_only_spec`` for an audio-only file, else ``spec``."""
+        if self.audio_only_spec is not None and not self.manifest.has_video(row):
+            return self.audio_only_spec
+        return self.spec
 
     def build_cache(self, progress: bool = True) -> ClipCache:
         """Decode every usable video into RAM (``data.cache=memory``); returns the cache."""
@@ -131,7 +164,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
 
     def clip_start(self, row: int, key: ClipKey, rng: np.random.Generator) -> float:
         """Random start (training: temporal jittering) or the centre of the key's fixed clip."""
-        span = max(0.0, self.manifest.duration(row) - clip_duration(self.spec))
+        span = max(0.0, self.manifest.duration(row) - clip_duration(self.spec_for(row)))
         if key.clip < 0:
             return float(rng.uniform(0.0, span)) if span > 0 else 0.0
         return span * (key.clip + 0.5) / max(1, key.num_clips)
@@ -164,12 +197,11 @@ class ClipDataset(Dataset[dict[str, Any]]):
     def _load(self, row: int, key: ClipKey, rng: np.random.Generator) -> dict[str, Any]:
         start = self.clip_start(row, key, rng)
         path = self.manifest.path(row)
+        spec = self.spec_for(row)
         if self.cache is not None and row in self.cache:
-            clip = self.cache.clip(row, start)
+            clip = self.cache.clip(row, start, spec)
         else:
-            clip = decode_clip(
-                path, start, self.spec, duration_sec=self.manifest.duration(row) or None
-            )
+            clip = decode_clip(path, start, spec, duration_sec=self.manifest.duration(row) or None)
         sample: dict[str, Any] = {
             "index": row,
             "label": self.manifest.label(row),

@@ -27,6 +27,9 @@ Time conventions (all in seconds, on the file's presentation timeline):
   clip), taken before resampling.
 - Times are the file's own timestamps: for the rare file whose timeline does not start at 0
   (some MPEG-TS), ``start_sec`` is on that timeline too.
+- Audio only (``ClipSpec.decode_video=False``): no video stream is needed and no frame is decoded;
+  the audio window is placed by the same rules. With ``num_frames=0`` the clip's span is the audio
+  window itself (audio-only files: the window starts at ``start_sec``, whatever the alignment).
 - Audio is read from the seek point on: an audio packet that starts before the keyframe the seek
   lands on is not seen. Real files interleave short packets, so this never matters, except for
   files that hold their audio in a few long blocks (a whole PCM track in one Matroska block).
@@ -74,7 +77,7 @@ class ClipSpec:
     """What to decode for one clip (see the module docstring for the time conventions)."""
 
     num_frames: int = 8
-    """Frames per clip (T)."""
+    """Frames per clip (T); 0 (audio only): the clip's span is the audio window."""
     fps: float = 8.0
     """Target frame rate; frames are chosen from the source by time."""
     resize_short: int | None = 128
@@ -87,11 +90,16 @@ class ClipSpec:
     """Audio window centred on the clip's time span, or starting at the clip start."""
     overflow: Literal["pad", "loop"] = "pad"
     """Past the end of the video: repeat the last frame (pad) or wrap around (loop)."""
+    decode_video: bool = True
+    """False: audio only, no video stream needed, ``Clip.frames`` empty (the audio window is the
+    one a full decode gives: its span is still ``num_frames / fps`` unless ``num_frames`` is 0)."""
 
     def __post_init__(self) -> None:
         problems = []
-        if self.num_frames < 1:
-            problems.append(f"num_frames must be >= 1, got {self.num_frames}")
+        if self.num_frames < (1 if self.decode_video else 0):
+            problems.append(f"num_frames must be >= 1 to decode video, got {self.num_frames}")
+        if not self.decode_video and self.audio_samples is None:
+            problems.append("decode_video=False needs audio_samples (nothing else to decode)")
         if not self.fps > 0:
             problems.append(f"fps must be > 0, got {self.fps}")
         if self.resize_short is not None and self.resize_short < 1:
@@ -113,8 +121,8 @@ class Clip:
     """A decoded clip.
 
     Attributes:
-        frames: (T, H, W, 3) uint8 RGB.
-        frame_times: (T,) float64 presentation time (s) of each chosen source frame.
+        frames: (T, H, W, 3) uint8 RGB; (0, 0, 0, 3) when the spec decodes no video.
+        frame_times: (T,) float64 presentation time (s) of each chosen source frame; (0,) likewise.
         start_sec: the clip start after clamping.
         audio: (audio_samples,) float32 mono at the spec's sample rate, or None without audio.
         audio_start_sec: time of ``audio[0]`` (on the sample grid).
@@ -128,7 +136,10 @@ class Clip:
 
 
 def clip_duration(spec: ClipSpec) -> float:
-    """Time span covered by the clip's frames: ``num_frames / fps`` seconds."""
+    """Time span of the clip: its frames' ``num_frames / fps`` seconds, or for ``num_frames=0``
+    (audio-only files) the audio window's ``audio_samples / sample_rate``."""
+    if spec.num_frames == 0:
+        return (spec.audio_samples or 0) / spec.sample_rate
     return spec.num_frames / spec.fps
 
 
@@ -155,7 +166,8 @@ def decode_clip(
     """Decode the clip of ``spec`` that starts at ``start_sec`` (one open, at most one seek).
 
     Args:
-        path: a media file with a video stream (and an audio stream when ``spec.audio_samples``).
+        path: a media file with a video stream (and an audio stream when ``spec.audio_samples``);
+            with ``spec.decode_video`` False, any file with an audio stream.
         start_sec: requested clip start; clamped as described in the module docstring.
         spec: frames, rate, size and audio window.
         duration_sec: the video duration when known (manifest); otherwise read from the header.
@@ -223,6 +235,11 @@ def _clamp_start(start_sec: float, duration: float | None, clip_sec: float) -> f
 def _decode_from_container(
     container: Any, path: str, start_sec: float, spec: ClipSpec, duration_sec: float | None
 ) -> Clip:
+    if not spec.decode_video:
+        # Imported here: decode_audio builds on this module's spec, clip and audio window.
+        from xdc.data.decode_audio import decode_audio_only
+
+        return decode_audio_only(container, path, start_sec, spec, duration_sec)
     vstream = _video_stream(container, path)
     astream = None
     if spec.audio_samples is not None:

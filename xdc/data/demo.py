@@ -307,7 +307,8 @@ def _make_clip(job: _Job) -> dict[str, object]:
     write_clip(Path(job.out_dir) / relative, frames, audio, job.fps, job.sample_rate)
     return {
         "path": relative, "label": job.class_name, "split": job.split,
-        "duration_sec": len(frames) / job.fps, "fps": job.fps, "width": job.size, "height": job.size,
+        "duration_sec": len(frames) / job.fps, "has_video": 1,
+        "fps": job.fps, "width": job.size, "height": job.size,
         "has_audio": 1, "sample_rate": job.sample_rate, "audio_channels": job.audio_channels,
     }  # fmt: skip
 

@@ -6,9 +6,12 @@ Every file is probed (``xdc.data.probe.probe_file``: open, read the stream info,
 video frame, check that the video data reaches the declared end) in a process pool. Usable files go
 to the manifest; the others go to ``rejected.csv`` next to it with one reason of
 ``REJECTION_REASONS`` (missing, unreadable, empty file, not a media file, corrupt, truncated, no
-video stream, undecodable video, zero duration: ``xdc.data.probe`` says what each means).
+video or audio stream, undecodable video, undecodable audio, zero duration: ``xdc.data.probe``
+says what each means).
 
-Files without audio are kept (``has_audio`` 0, ``sample_rate`` and ``audio_channels`` 0).
+Files without audio are kept (``has_audio`` 0, ``sample_rate`` and ``audio_channels`` 0), and so
+are audio-only files (``has_video`` 0: ESC-50 ``.wav`` files for ``xdc audio-probe``; a folder scan
+picks up ``AUDIO_EXTENSIONS`` too). Pretraining and video features leave audio-only rows out.
 Re-runs re-use probes (kept and rejected) from ``<manifest>.probe-cache.json`` for files whose
 size and mtime_ns did not change; "missing" and "unreadable" are checked again every run (a chmod
 does not change mtime). ``--splits-dir`` fills ``split`` (and ``split_1``… for every official
@@ -37,6 +40,7 @@ from xdc.errors import DataError
 
 __all__ = [
     "REJECTION_REASONS",
+    "AUDIO_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "IndexResult",
     "ProbeResult",
@@ -62,9 +66,16 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
         ".wmv",
     ]
 )
-"""Suffixes (lower case, with the dot) that a folder scan picks up."""
+"""Video suffixes (lower case, with the dot) that a folder scan picks up."""
 
-_CACHE_VERSION = 1
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    [".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff"]
+)
+"""Audio-only suffixes that a folder scan picks up too (audio-only rows: ``has_video`` 0)."""
+
+_MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
+# 2: probes record has_video (version 1 entries predate audio-only files and are probed again).
+_CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +113,7 @@ def _scan_folder(source: Path) -> list[_Entry]:
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         label = "" if folder == root else os.path.basename(folder)
         for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in _MEDIA_EXTENSIONS:
                 entries.append(_Entry(os.path.join(folder, name), {"label": label, "split": ""}))
     return entries
 
@@ -251,6 +262,7 @@ class IndexResult:
     without_audio: int  # kept files that have no audio track
     reused_from_cache: int  # files whose probe came from the cache (unchanged size and mtime)
     probed: int = 0  # files probed in this run
+    audio_only: int = 0  # kept files that have no video (has_video 0): audio protocols only
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -264,14 +276,15 @@ class IndexResult:
         lines = [
             f"kept {self.kept}, rejected {self.rejected}"
             + (f" ({by_reason})" if by_reason else "")
-            + f", without audio {self.without_audio}",
+            + f", without audio {self.without_audio}"
+            + (f", audio-only {self.audio_only}" if self.audio_only else ""),
             f"re-used {self.reused_from_cache} probes from the cache, probed {self.probed} files",
         ]
         if self.kept == 0:
             why = (
                 f"see {self.rejected_path} for why"
                 if self.rejected
-                else "no video files were found"
+                else "no video or audio files were found"
             )
             lines.append(f"nothing kept: the manifest has no rows; {why}")
         lines += self.notes
@@ -319,6 +332,7 @@ def index_source(
         kept=len(kept),
         rejected_by_reason=dict(Counter(str(r["reason"]) for r in rejected)),
         without_audio=sum(1 for row in kept if not row["has_audio"]),
+        audio_only=sum(1 for row in kept if not row["has_video"]),
         reused_from_cache=reused,
         probed=len(results) - reused,
         notes=notes,

@@ -2,8 +2,10 @@
 
 Columns: ``path`` (relative to the manifest's folder, or absolute), ``label``
 (class name, empty when unknown), ``split`` (``train``/``test``/…, may be empty), ``duration_sec``,
-``fps``, ``width``, ``height``, ``has_audio`` (0/1), ``sample_rate``, ``audio_channels``, and any
-column the user added, kept as is.
+``has_video`` (0/1: 0 for an audio-only file, e.g. an ESC-50 ``.wav``), ``fps``, ``width``,
+``height`` (0 without video), ``has_audio`` (0/1), ``sample_rate``, ``audio_channels``, and any
+column the user added, kept as is. A manifest written before ``has_video`` existed reads as
+``has_video`` = 1 (every file it lists was a video).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from xdc.errors import DataError
 
 PROBE_COLUMNS = (
     "duration_sec",
+    "has_video",
     "fps",
     "width",
     "height",
@@ -27,6 +30,7 @@ PROBE_COLUMNS = (
     "audio_channels",
 )
 MANIFEST_COLUMNS = ("path", "label", "split", *PROBE_COLUMNS)
+_TRUE = ("1", "true", "True")
 
 
 @dataclass
@@ -65,7 +69,20 @@ class Manifest:
         return [lookup.get(r.get("label", ""), -1) for r in self.rows]
 
     def has_audio(self, i: int) -> bool:
-        return self.rows[i].get("has_audio", "") in ("1", "true", "True")
+        return self.rows[i].get("has_audio", "") in _TRUE
+
+    def has_video(self, i: int) -> bool:
+        """Whether row ``i`` has a video stream. Without a ``has_video`` value (a manifest older
+        than the column, or written by hand), a row is a video unless its ``width`` says 0."""
+        row = self.rows[i]
+        value = row.get("has_video", "")
+        if value:
+            return value in _TRUE
+        width = row.get("width", "")
+        try:
+            return not width or float(width) > 0
+        except ValueError:  # a hand-written cell we cannot read: the old default, video
+            return True
 
     def duration(self, i: int) -> float:
         value = self.rows[i].get("duration_sec", "")

@@ -13,11 +13,16 @@ the video data reaches the declared end. A file it rejects gets one reason of ``
   well before the duration (or, for AVI and MP4, the frame count) the header declares (moov at the
   start, Matroska, AVI, FLV). MPEG-TS/PS have no such header: FFmpeg measures their duration from
   the data, so a cut one reads as a shorter, consistent file and is kept with its real duration.
-- ``no video stream``: audio only (a cover picture does not count as video).
+- ``no video or audio stream``: neither a video stream (a cover picture does not count as
+  video) nor an audio stream (e.g. subtitles or data only).
 - ``undecodable video``: a video stream with packets, none of which decodes to a frame.
-- ``zero duration``: a video stream that declares no time span (a single untimed still).
+- ``undecodable audio``: an audio-only file whose first audio packets decode to nothing.
+- ``zero duration``: a video (or, for an audio-only file, audio) stream that declares no time span
+  and holds no data (a single untimed still, an empty recording).
 
 Files without audio are usable (``has_audio`` False, ``sample_rate`` and ``audio_channels`` 0).
+Audio-only files (ESC-50 ``.wav``, a soundtrack in ``.mp4``/``.flac``/``.ogg``) are usable too:
+``has_video`` False, ``fps``/``width``/``height`` 0, the duration that of the audio.
 """
 
 from __future__ import annotations
@@ -37,7 +42,12 @@ __all__ = ["REJECTION_REASONS", "ProbeResult", "probe_file"]
 
 MISSING, UNREADABLE, EMPTY_FILE = "missing", "unreadable", "empty file"
 NOT_MEDIA, CORRUPT, TRUNCATED = "not a media file", "corrupt", "truncated"
-NO_VIDEO, UNDECODABLE, ZERO_DURATION = "no video stream", "undecodable video", "zero duration"
+NO_STREAMS, UNDECODABLE, ZERO_DURATION = (
+    "no video or audio stream",
+    "undecodable video",
+    "zero duration",
+)
+UNDECODABLE_AUDIO = "undecodable audio"
 REJECTION_REASONS = (
     MISSING,
     UNREADABLE,
@@ -45,8 +55,9 @@ REJECTION_REASONS = (
     NOT_MEDIA,
     CORRUPT,
     TRUNCATED,
-    NO_VIDEO,
+    NO_STREAMS,
     UNDECODABLE,
+    UNDECODABLE_AUDIO,
     ZERO_DURATION,
 )
 
@@ -66,6 +77,7 @@ class ProbeResult:
     reason: str = ""  # one of REJECTION_REASONS; empty when the file is usable
     detail: str = ""  # what exactly was wrong, for a person reading rejected.csv
     duration_sec: float = 0.0
+    has_video: bool = False  # False for an audio-only file (fps, width and height are then 0)
     fps: float = 0.0  # 0 when neither the container nor the stream says
     width: int = 0
     height: int = 0
@@ -112,8 +124,13 @@ def probe_file(path: str | Path) -> ProbeResult:
 def _probe_container(name: str, container: av.container.InputContainer) -> ProbeResult:
     video = next((s for s in container.streams.video if not _is_cover_picture(s)), None)
     if video is None:
+        if container.streams.audio:
+            # Imported here: probe_audio builds on this module's result type and helpers.
+            from xdc.data.probe_audio import probe_audio_only
+
+            return probe_audio_only(name, container, container.streams.audio[0])
         found = [f"{s.type} ({s.codec_context.name})" for s in container.streams if s.codec_context]
-        return ProbeResult(name, NO_VIDEO, f"streams found: {', '.join(found) or 'none'}")
+        return ProbeResult(name, NO_STREAMS, f"streams found: {', '.join(found) or 'none'}")
     if video.codec_context is None:
         return ProbeResult(
             name, UNDECODABLE, "this FFmpeg build has no decoder for its video codec"
@@ -145,6 +162,7 @@ def _probe_container(name: str, container: av.container.InputContainer) -> Probe
     return ProbeResult(
         name,
         duration_sec=duration,
+        has_video=True,
         fps=fps or _frame_rate(video, duration),
         width=frame.width,
         height=frame.height,
@@ -339,6 +357,10 @@ def _container_kind(head: bytes) -> str | None:
         return "AVI"
     if head.startswith(_ASF_GUID):
         return "ASF/WMV"
+    if head.startswith(b"RIFF") and head[8:12] == b"WAVE":
+        return "WAV"
+    if head.startswith(b"fLaC"):
+        return "FLAC"
     if head.startswith((b"FLV", b"OggS")):
         return head[:4].decode("latin-1").strip("\x01")
     if head.startswith((b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3")):

@@ -8,12 +8,14 @@ Every evaluation goes through ``FeatureExtractor``:
    number asked for (never of the encoder), so every encoder compared sees the same clips. It is
    done once per encoder and extractor, however many splits are extracted afterwards.
 2. **Clips**: ``clips`` uniformly spaced clips per video (``xdc.data.datasets.fixed_keys``), centre
-   crop, no augmentation. Audio windows are centred on the video clips.
+   crop, no augmentation. Audio windows are centred on the video clips; audio features decode no
+   frames, and for an audio-only file (``has_video`` 0) each clip is one audio window.
 3. ``ClipFeatures`` per modality: one row per clip; ``.video_level()`` averages them per video.
 
 Rows of the features are rows of the *whole* manifest, so the splits of one manifest join.
-Rows without an audio track are left out of audio features (counted on stderr); a video that
-fails to decode is left out and listed in ``ClipFeatures.failures``.
+Rows without an audio track are left out of audio features and audio-only rows out of video
+features (counted on stderr); a file that fails to decode is left out and listed in
+``ClipFeatures.failures``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import logging
 import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import Tensor, nn
@@ -39,6 +43,7 @@ from xdc.data.datasets import (
     fixed_keys,
     worker_init,
 )
+from xdc.data.decode import ClipSpec
 from xdc.data.manifest import Manifest
 from xdc.errors import DataError
 from xdc.evaluation.encoders import EvalEncoders
@@ -128,7 +133,8 @@ class EvalClips:
     """Evaluation clips (centre crop, fixed positions) of the rows of one manifest.
 
     One dataset per modality; when ``data.cache=memory`` one in-RAM cache of the rows in
-    ``cache_rows`` (decoded with audio when audio is asked for) serves both.
+    ``cache_rows`` serves both: frames when video is asked for and the file has them, the audio
+    track when audio is asked for and the file has one.
     """
 
     def __init__(
@@ -149,29 +155,32 @@ class EvalClips:
             )
             for m in modalities
         }
-        self.has_audio = {i for i in range(len(manifest)) if manifest.has_audio(i)}
+        self.usable = {m: set(d.rows) for m, d in self.datasets.items()}
         if self.data_config.cache == "memory" and cache_rows:
             self._build_cache(list(cache_rows), progress)
 
     def _build_cache(self, rows: list[int], progress: bool) -> None:
-        owner = self.datasets.get("audio") or next(iter(self.datasets.values()))
-        if "audio" in self.datasets:
-            rows = [r for r in rows if r in self.has_audio]
+        video, audio = self.datasets.get("video"), self.datasets.get("audio")
+        if video is not None:  # frames, plus the audio track when audio is asked for too
+            spec = video.spec if audio is None else replace(video.spec, **_audio_of(audio.spec))
+        else:
+            assert audio is not None
+            spec = audio.spec  # decode_video=False: the audio of every row, no frames
+        wanted = set().union(*self.usable.values())
         limit = int(self.data_config.cache_gib * 2**30)
-        cache = ClipCache(self.manifest, sorted(set(rows)), owner.spec, limit, progress)
-        # The audio spec differs from the video one only by its audio window: clips cut for the
-        # video dataset simply ignore it. Rows without audio are not cached and decode from disk.
+        cache = ClipCache(self.manifest, sorted(set(rows) & wanted), spec, limit, progress)
+        # Each dataset cuts its own clips (``ClipDataset.spec_for``) out of the shared cache.
         for dataset in self.datasets.values():
             dataset.cache = cache
 
     def usable_rows(self, rows: Sequence[int], modality: str) -> list[int]:
-        """``rows`` this modality can use (audio needs an audio track); reports what it drops."""
-        if modality != "audio":
-            return list(rows)
-        kept = [r for r in rows if r in self.has_audio]
+        """``rows`` this modality can use (audio needs an audio track, video a video stream);
+        reports what it drops."""
+        kept = [r for r in rows if r in self.usable[modality]]
         if len(kept) < len(rows):
+            why = "videos without audio" if modality == "audio" else "audio-only files"
             print(
-                f"xdc: {len(rows) - len(kept)} videos without audio left out of audio features",
+                f"xdc: {len(rows) - len(kept)} {why} left out of {modality} features",
                 file=sys.stderr,
             )
         return kept
@@ -273,6 +282,26 @@ class FeatureExtractor:
         return self.extract(split_rows(self.clips.manifest, split), modalities, clips)
 
 
+def _audio_of(spec: ClipSpec) -> dict[str, Any]:
+    """The audio fields of ``spec``, to give a video spec the same audio window."""
+    return {"audio_samples": spec.audio_samples, "sample_rate": spec.sample_rate}
+
+
+def available_modalities(
+    manifest: Manifest, rows: Sequence[int], wanted: Sequence[str]
+) -> tuple[str, ...]:
+    """The modalities of ``wanted`` that some of ``rows`` have (video: ``has_video``, audio:
+    ``has_audio``), for protocols that run per modality; ``DataError`` when none."""
+    has = {"video": manifest.has_video, "audio": manifest.has_audio}
+    found = tuple(m for m in wanted if any(has[m](r) for r in rows))
+    if not found:
+        raise DataError(
+            f"{manifest.source or manifest.root}: none of the {len(rows)} rows has "
+            f"{' or '.join(wanted)}; re-run `xdc index` or choose another manifest"
+        )
+    return found
+
+
 class _Counter:
     """Counts the clips an iterator of batches yields (what the calibration actually saw)."""
 
@@ -353,6 +382,7 @@ def clip_features_to_npz(
 __all__ = [
     "EvalClips",
     "FeatureExtractor",
+    "available_modalities",
     "calibration_keys",
     "clip_features_to_npz",
     "extract_splits",

@@ -11,10 +11,14 @@ SVD of the whitened cross-covariance, keep ``d = min(64, D_video, D_audio, N_tra
 components. Queries (test audio) and gallery (training video) are compared by cosine in that space.
 The ridge (a fraction of each covariance's mean eigenvalue) keeps the whitening stable when the
 training set is small next to the feature dimension.
+
+A manifest of audio-only files (``has_video`` 0 on every row) gets audio→audio only: the video and
+cross-modal results are left out (said on stderr); likewise video→video only without any audio.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +30,7 @@ from torch import Tensor
 from xdc.data.manifest import Manifest
 from xdc.errors import DataError
 from xdc.evaluation.encoders import EvalEncoders
+from xdc.evaluation.extract import available_modalities, split_rows
 from xdc.evaluation.linear_probe import as_numpy
 from xdc.evaluation.protocol import extract_train_test, protocol_record
 from xdc.features import ClipFeatures
@@ -180,11 +185,22 @@ def evaluate_retrieval(
     cca_dim: int = CCA_DIM,
     cca_ridge: float = CCA_RIDGE,
 ) -> dict[str, Any]:
-    """The whole retrieval protocol for one pair of encoders (both modalities; see module doc)."""
+    """The whole retrieval protocol for one pair of encoders (the modalities the manifest has;
+    see module doc)."""
     start = time.perf_counter()
     splits = (train_split, test_split)
+    rows = split_rows(manifest, train_split, "--train-split")
+    rows += split_rows(manifest, test_split, "--test-split")
+    modalities = available_modalities(manifest, rows, ("video", "audio"))
+    if len(modalities) == 1:
+        missing = "video" if modalities == ("audio",) else "audio"
+        print(
+            f"xdc: no row of the splits has {missing}: {missing}→{missing} and cross-modal "
+            f"retrieval skipped, {modalities[0]}→{modalities[0]} only",
+            file=sys.stderr,
+        )
     train, test, calibrated = extract_train_test(
-        source, manifest, ("video", "audio"), splits, clips, bn_clips, device, progress, batch_size
+        source, manifest, modalities, splits, clips, bn_clips, device, progress, batch_size
     )
     return {
         "protocol": "retrieval",
