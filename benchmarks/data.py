@@ -24,19 +24,12 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xdc.config import build_config  # noqa: E402
-from xdc.data.datasets import (  # noqa: E402
-    ClipDataset,
-    KeySampler,
-    collate_clips,
-    epoch_keys,
-    worker_init,
-)
+from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys  # noqa: E402
 from xdc.data.decode import clip_duration  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
@@ -82,15 +75,7 @@ def time_bare(dataset: ClipDataset, keys: list) -> float:
 
 
 def time_loader(dataset: ClipDataset, keys: list, workers: int, batch_size: int) -> float:
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=KeySampler(keys),
-        num_workers=workers,
-        collate_fn=collate_clips,
-        worker_init_fn=worker_init,
-        prefetch_factor=4 if workers else None,
-    )
+    loader = clip_loader(dataset, keys, batch_size, workers=workers)
     start = time.perf_counter()
     n = 0
     for batch in loader:

@@ -16,25 +16,12 @@ from xdc.models.weights import load_encoder_state
 
 def build_encoders(model: ModelConfig, n_mels: int) -> dict[str, nn.Module]:
     """``{"video": …, "audio": …}`` as the config says, randomly initialised (seed beforehand)."""
+    options: dict[str, object] = {"width": model.video_width, "video_input": model.video_input}
     if model.video == "r2plus1d_18":
-        video = build_video_encoder(
-            "r2plus1d_18",
-            mid_rule=model.video_mid_rule,
-            width=model.video_width,
-            bn_eps=model.bn_eps,
-            video_input=model.video_input,
-        )
+        options |= {"mid_rule": model.video_mid_rule, "bn_eps": model.bn_eps}
     elif model.video == "frame2d":
-        video = build_video_encoder(
-            "frame2d",
-            width=model.video_width,
-            temporal_pool=model.video_temporal_pool,
-            video_input=model.video_input,
-        )
-    else:
-        video = build_video_encoder(
-            model.video, width=model.video_width, video_input=model.video_input
-        )
+        options["temporal_pool"] = model.video_temporal_pool
+    video = build_video_encoder(model.video, **options)
     audio = build_audio_encoder(
         model.audio, width=model.audio_width, n_mels=n_mels, pool=model.audio_pool
     )

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from xdc import distributed as dist
 from xdc.config import PretrainConfig, cluster_k, config_diff
-from xdc.data.datasets import ClipDataset, ClipKey, KeySampler, collate_clips, worker_init
+from xdc.data.datasets import ClipDataset, ClipKey, clip_loader
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import ConfigError, DataError
 from xdc.methods import LABELS, MODALITIES, Method, get_method
@@ -59,17 +59,14 @@ class RunContext:
         """A DataLoader over exactly these keys (this process's share when ``shard``; a
         contiguous block of them when ``contiguous``, see ``KeySampler``)."""
         rank, world = (dist.rank(), dist.world_size()) if shard else (0, 1)
-        workers = self.config.data.num_workers
-        return DataLoader(
+        return clip_loader(
             dataset,
-            batch_size=self.config.train.batch_size,
-            sampler=KeySampler(keys, rank, world, contiguous),
-            num_workers=workers,
-            collate_fn=collate_clips,
-            worker_init_fn=worker_init,
+            keys,
+            self.config.train.batch_size,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if workers else None,
+            rank=rank,
+            world_size=world,
+            contiguous=contiguous,
         )
 
     def report_failures(self, failures: Sequence[str]) -> None:

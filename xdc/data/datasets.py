@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from xdc.config import DataConfig
 from xdc.data.audio import LogMel
@@ -329,3 +329,33 @@ def fixed_keys(rows: Sequence[int] | np.ndarray, num_clips: int = 1) -> list[Cli
     return [
         ClipKey(int(r), seed=0, clip=j, num_clips=num_clips) for r in rows for j in range(num_clips)
     ]
+
+
+def clip_loader(
+    dataset: ClipDataset,
+    keys: Sequence[ClipKey],
+    batch_size: int,
+    *,
+    workers: int | None = None,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    contiguous: bool = False,
+) -> DataLoader:
+    """The DataLoader every xdc loop uses: batches of ``dataset``'s clips of ``keys`` in key order
+    (this process's share of them, see ``KeySampler``), ``collate_clips``, seeded workers.
+
+    ``workers`` defaults to the dataset's ``data.num_workers``; ``pin_memory`` for a CUDA consumer.
+    """
+    workers = dataset.config.num_workers if workers is None else workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=KeySampler(keys, rank, world_size, contiguous),
+        num_workers=workers,
+        collate_fn=collate_clips,
+        worker_init_fn=worker_init,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if workers else None,
+    )

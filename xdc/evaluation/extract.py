@@ -35,14 +35,7 @@ from tqdm import tqdm
 
 from xdc.config import DataConfig
 from xdc.data.cache import ClipCache
-from xdc.data.datasets import (
-    ClipDataset,
-    ClipKey,
-    KeySampler,
-    collate_clips,
-    fixed_keys,
-    worker_init,
-)
+from xdc.data.datasets import ClipDataset, ClipKey, clip_loader, fixed_keys
 from xdc.data.decode import ClipSpec
 from xdc.data.manifest import Manifest
 from xdc.errors import DataError
@@ -89,25 +82,6 @@ def require_labels(
             f"{source}: {where} has {len(classes)} class(es) ({', '.join(sorted(classes))}); "
             f"a classifier needs at least {min_classes}: use a split with more classes"
         )
-
-
-def key_loader(
-    dataset: ClipDataset, keys: Sequence[ClipKey], batch_size: int, pin_memory: bool = False
-) -> DataLoader:
-    """Batches of ``dataset``'s clips of ``keys``, in the order of the keys, with the dataset's
-    ``num_workers`` (``pin_memory`` for a CUDA consumer)."""
-    workers = dataset.config.num_workers
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=KeySampler(keys),
-        num_workers=workers,
-        collate_fn=collate_clips,
-        worker_init_fn=worker_init,
-        pin_memory=pin_memory,
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
 
 
 def calibration_keys(
@@ -187,7 +161,7 @@ class EvalClips:
 
     def loader(self, modality: str, keys: Sequence[ClipKey]) -> DataLoader:
         """Batches of the clips of ``keys`` for one modality, in the order of the keys."""
-        return key_loader(self.datasets[modality], keys, self.batch_size)
+        return clip_loader(self.datasets[modality], keys, self.batch_size)
 
 
 class FeatureExtractor:
@@ -386,7 +360,6 @@ __all__ = [
     "calibration_keys",
     "clip_features_to_npz",
     "extract_splits",
-    "key_loader",
     "require_labels",
     "split_rows",
 ]

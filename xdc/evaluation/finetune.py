@@ -30,10 +30,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from xdc.checkpoint import CHECKPOINT_NAME
-from xdc.data.datasets import epoch_keys, fixed_keys
+from xdc.data.datasets import clip_loader, epoch_keys, fixed_keys
 from xdc.data.manifest import read_manifest
 from xdc.errors import DataError, XdcError
-from xdc.evaluation.extract import key_loader
 from xdc.evaluation.finetune_outputs import (
     RESULT_NAME,
     epoch_line,
@@ -259,7 +258,9 @@ def train_one_epoch(
     """
     per_epoch = len(split.train_rows) * split.train_set.config.clips_per_video
     keys = epoch_keys(split.train_rows, per_epoch, settings.seed, (epoch,))
-    loader = key_loader(split.train_set, keys, settings.batch_size, device.type == "cuda")
+    loader = clip_loader(
+        split.train_set, keys, settings.batch_size, pin_memory=device.type == "cuda"
+    )
     model.train()
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
     seen, lr, start = 0, settings.lr, time.perf_counter()
@@ -322,13 +323,15 @@ def evaluate(
     if n_cal:
         rng = np.random.default_rng([settings.seed, 11])
         chosen = np.sort(rng.choice(split.train_rows, n_cal, replace=False)).tolist()
-        batches = key_loader(split.eval_set, fixed_keys(chosen), settings.batch_size, pin)
+        batches = clip_loader(
+            split.eval_set, fixed_keys(chosen), settings.batch_size, pin_memory=pin
+        )
         encoder = calibrated_copy(encoder, (b[settings.modality] for b in batches), device)
     was_training = model.training
     encoder.eval()
     model.head.eval()
     test_keys = fixed_keys(split.test_rows, settings.test_clips)
-    loader = key_loader(split.eval_set, test_keys, settings.batch_size, pin)
+    loader = clip_loader(split.eval_set, test_keys, settings.batch_size, pin_memory=pin)
     rows, probs = [], []
     bad: set[str] = set()
     for batch in tqdm(loader, desc=f"{split.column} test", disable=not progress, leave=False):

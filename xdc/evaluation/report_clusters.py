@@ -16,11 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xdc.data.datasets import ClipDataset, fixed_keys
+from xdc.data.datasets import ClipDataset, clip_loader, fixed_keys
 from xdc.data.decode import ClipSpec, decode_clip, video_duration
 from xdc.data.manifest import Manifest
 from xdc.errors import DecodeError
-from xdc.evaluation.extract import key_loader
 from xdc.evaluation.report_plots import TILE_PX, data_uri, esc, montage_uri
 from xdc.features import calibrated_copy, extract_features
 from xdc.methods import LABELS
@@ -158,9 +157,9 @@ def member_features(
     encoder = contents.encoders[modality].to(device)
     if n_cal:
         subset = np.random.default_rng([cfg.train.seed, 11]).choice(pool, n_cal, replace=False)
-        batches = (b[modality] for b in key_loader(dataset, fixed_keys(subset.tolist()), size))
+        batches = (b[modality] for b in clip_loader(dataset, fixed_keys(subset.tolist()), size))
         encoder = calibrated_copy(encoder, batches, device)
-    loader = key_loader(dataset, fixed_keys(rows), size)
+    loader = clip_loader(dataset, fixed_keys(rows), size)
     extracted = extract_features(
         {modality: encoder},
         loader,

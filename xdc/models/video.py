@@ -245,12 +245,7 @@ class FrameCNN(nn.Module):
             raise ConfigError(f"temporal_pool must be 'mean' or 'max', got {temporal_pool!r}")
         self.temporal_pool = temporal_pool
         self.video_input = video_input
-        self.features = nn.Sequential(
-            _conv_bn_relu(input_channels(video_input), width, stride=2),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-            _conv_bn_relu(width, 2 * width, stride=2),
-            _conv_bn_relu(2 * width, 4 * width, stride=2),
-        )
+        self.features = frame_bottom(width, video_input)
         # One residual conv at the coarsest scale widens the receptive field at little cost.
         self.refine = nn.Sequential(
             nn.Conv2d(4 * width, 4 * width, 3, padding=1, bias=False),
@@ -294,12 +289,7 @@ class Mixed2D3D(nn.Module):
         if width < 1:
             raise ConfigError(f"width must be >= 1, got {width}")
         self.video_input = video_input
-        self.frames = nn.Sequential(
-            _conv_bn_relu(input_channels(video_input), width, stride=2),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-            _conv_bn_relu(width, 2 * width, stride=2),
-            _conv_bn_relu(2 * width, 4 * width, stride=2),
-        )
+        self.frames = frame_bottom(width, video_input)
         c = 4 * width
         self.temporal = nn.Sequential(
             nn.Conv3d(c, c, 3, padding=1, bias=False),
@@ -326,6 +316,17 @@ def frames_as_images(x: Tensor) -> tuple[Tensor, int, int]:
     """(B, C, T, H, W) prepared clip (:func:`prepare_input`) → ((B·T, C, H, W) frames, B, T)."""
     batch, channels, frames, height, width = x.shape
     return x.transpose(1, 2).reshape(batch * frames, channels, height, width), batch, frames
+
+
+def frame_bottom(width: int, video_input: str) -> nn.Sequential:
+    """The per-frame 2D bottom of ``FrameCNN`` and ``Mixed2D3D``: (N, 3 or 6, H, W) →
+    (N, 4·width, H/16, W/16): conv stride 2, max-pool 3 stride 2, two convs stride 2."""
+    return nn.Sequential(
+        _conv_bn_relu(input_channels(video_input), width, stride=2),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+        _conv_bn_relu(width, 2 * width, stride=2),
+        _conv_bn_relu(2 * width, 4 * width, stride=2),
+    )
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequential:
