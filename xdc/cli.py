@@ -15,14 +15,16 @@ from xdc.errors import XdcError
 
 
 def cmd_demo_data(
-    out: str, classes: int = 10, per_class: int = 40, seed: int = 0, workers: int | None = None
-) -> int:
-    """Generate the procedural demo videos and their manifest."""
+    out: str, classes: int = 10, per_class: int = 40, seed: int = 0, workers: int | None = None,
+    family: str = "motion", val_fraction: float = 0.2, test_fraction: float = 0.2,
+) -> int:  # fmt: skip
+    """Generate the procedural demo videos of one family and their manifest."""
     from xdc.data.demo import generate_demo_data
 
     manifest = generate_demo_data(
-        out, classes=classes, per_class=per_class, seed=seed, workers=workers
-    )
+        out, classes=classes, per_class=per_class, seed=seed, workers=workers, family=family,
+        val_fraction=val_fraction, test_fraction=test_fraction,
+    )  # fmt: skip
     print(f"wrote {classes * per_class} videos and {manifest}")
     return 0
 
@@ -83,6 +85,10 @@ def cmd_demo(
     clips: int = 1,
     device: str | None = None,
     progress: bool = True,
+    family: str = "motion",
+    split: str = "val",
+    methods: str = "xdc,sdc,supervised",
+    data_seed: int = 0,
 ) -> int:
     """Generate the demo data, pretrain XDC / SDC / supervised, probe them against random init."""
     from xdc.demo import run_demo
@@ -94,7 +100,10 @@ def cmd_demo(
         raise ConfigError(
             f"--seeds {seeds!r}: expected comma-separated integers, e.g. 0,1,2"
         ) from None
-    run_demo(out, classes, per_class, seed_list or [0], preset, overrides, clips, device, progress)
+    run_demo(
+        out, classes, per_class, seed_list or [0], preset, overrides, clips, device, progress,
+        family, split, [m.strip() for m in methods.split(",") if m.strip()], data_seed,
+    )  # fmt: skip
     return 0
 
 
@@ -104,9 +113,24 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="the end-to-end demo: demo data, XDC vs SDC vs supervised vs random, one table",
         description="Generates the demo videos (unless OUT/data exists), pretrains XDC, SDC and a "
         "supervised upper bound with one preset and budget, linear-probes their video and audio "
-        "encoders against a random-init lower bound, prints one table, writes OUT/demo.json and "
-        "the XDC run's report. Re-running resumes.",
+        "encoders against a random-init lower bound, prints one table, writes "
+        "OUT/demo-<split>.json and the XDC run's report. Scores the val split unless --split "
+        "test: choose settings on val, compute test numbers once, at the end. Re-running resumes.",
     )
+    p.add_argument(
+        "--family",
+        default="motion",
+        help="kind of demo data: motion (the class is how a shape moves and the sound it makes), "
+        "appearance (what the object is; a vowel names it), digits (real handwritten digits and "
+        "their telephone key tones); default motion",
+    )
+    p.add_argument(
+        "--split", default="val", help="split the probes are scored on: val (default) or test"
+    )
+    p.add_argument(
+        "--methods", default="xdc,sdc,supervised", help="methods to pretrain (default all three)"
+    )
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the demo data (default 0)")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     p.add_argument("--classes", type=int, default=10, help="demo classes (default 10)")
     p.add_argument("--per-class", type=int, default=100, help="demo videos per class (default 100)")
@@ -133,6 +157,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
             a.clips,
             a.device,
             not a.no_progress,
+            a.family,
+            a.split,
+            a.methods,
+            a.data_seed,
         )
     )
 
@@ -146,7 +174,23 @@ def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=40, help="videos per class (default 40)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: up to 2)")
-    p.set_defaults(run=lambda a: cmd_demo_data(a.out, a.classes, a.per_class, a.seed, a.workers))
+    p.add_argument(
+        "--family",
+        default="motion",
+        help="motion (default), appearance or digits: what carries the class (xdc.data.demo)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.2, help="share of each class in val (default 0.2)"
+    )
+    p.add_argument(
+        "--test-fraction", type=float, default=0.2, help="share of each class in test (default 0.2)"
+    )
+    p.set_defaults(
+        run=lambda a: cmd_demo_data(
+            a.out, a.classes, a.per_class, a.seed, a.workers, a.family, a.val_fraction,
+            a.test_fraction,
+        )
+    )  # fmt: skip
 
 
 def _add_index(sub: argparse._SubParsersAction) -> None:

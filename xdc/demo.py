@@ -1,11 +1,15 @@
 """``xdc demo``: the end-to-end proof on a laptop that the method learns.
 
-1. Generate the procedural demo videos (``xdc.data.demo``) unless they exist.
+1. Generate the procedural demo videos of one family (``xdc.data.demo``: ``motion``,
+   ``appearance`` or ``digits``) unless they exist, with train / val / test splits.
 2. Pretrain, with the same preset and budget: XDC, the SDC baseline, and ``supervised`` — the same
    architecture trained on the true labels (the upper bound).
 3. Linear-probe the video and the audio encoder of each, and of a randomly initialised encoder of
-   the same architecture (the lower bound), on the demo's train/test split.
-4. Print one table (mean ± std over the seeds), write ``OUT/demo.json`` and the XDC run's report.
+   the same architecture (the lower bound): trained on ``train``, scored on ``val`` by default.
+   ``split="test"`` scores the test split instead: do that once, at the end, with the settings
+   that ``val`` chose — never choose a setting by its test score.
+4. Print one table (mean ± std over the seeds), write ``OUT/demo-<split>.json`` and the XDC run's
+   report.
 
 Every step resumes: re-running the same command skips finished runs and only redoes what is
 missing.
@@ -21,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from xdc.config import build_config
-from xdc.data.demo import generate_demo_data
+from xdc.data.demo import FAMILIES, generate_demo_data
 from xdc.data.manifest import read_manifest
+from xdc.errors import ConfigError
 from xdc.evaluation.encoders import load_eval_encoders
 from xdc.evaluation.extract import extract_splits
 from xdc.evaluation.linear_probe import probe_clip_features
@@ -36,6 +41,7 @@ ROWS = (
     ("supervised", "supervised (upper bound)"),
 )
 MODALITIES = ("video", "audio")
+SPLITS = ("val", "test")
 
 
 def run_demo(
@@ -48,22 +54,25 @@ def run_demo(
     clips: int = 1,
     device: str | None = None,
     progress: bool = True,
+    family: str = "motion",
+    split: str = "val",
+    methods: Sequence[str] = METHODS,
+    data_seed: int = 0,
 ) -> dict[str, Any]:
-    """Run the whole demo (see the module docstring); returns what ``OUT/demo.json`` holds."""
+    """Run the whole demo (see the module docstring); returns what ``OUT/demo-<split>.json``
+    holds. ``methods``: which of xdc, sdc, supervised to pretrain and probe (random init always)."""
     out = Path(out)
+    _check(family, split, methods)
     start = time.perf_counter()
     manifest_path = out / "data" / "manifest.csv"
-    if not manifest_path.is_file():
-        print(f"generating {classes} classes × {per_class} demo videos in {manifest_path.parent} …")
-        generate_demo_data(
-            manifest_path.parent, classes=classes, per_class=per_class, progress=progress
-        )
+    wanted = {"family": family, "classes": classes, "per_class": per_class, "seed": data_seed}
+    _data(manifest_path, wanted, progress)
     manifest = read_manifest(manifest_path)
     timings: dict[str, float] = {"data": time.perf_counter() - start}
     results: dict[str, dict[str, list[float]]] = {r: {m: [] for m in MODALITIES} for r, _ in ROWS}
     for seed in seeds:
         runs = {}
-        for method in METHODS:
+        for method in methods:
             tic = time.perf_counter()
             config = build_config(preset, [*overrides, f"train.seed={seed}"], method=method)
             runs[method] = out / f"seed{seed}" / method
@@ -73,14 +82,14 @@ def run_demo(
                 timings.get(f"pretrain {method}", 0) + time.perf_counter() - tic
             )
         tic = time.perf_counter()
-        for row, _ in ROWS:
+        for row in ["random", *methods]:
             checkpoint = "random" if row == "random" else str(runs[row])
-            like = str(runs["xdc"]) if row == "random" else None
+            like = str(runs[methods[0]]) if row == "random" else None
             source = load_eval_encoders(checkpoint, like=like, seed=seed)
             feats = extract_splits(
                 source,
                 manifest,
-                ["train", "test"],
+                ["train", split],
                 MODALITIES,
                 clips=clips,
                 device=device,
@@ -88,14 +97,56 @@ def run_demo(
             )
             for m in MODALITIES:
                 probe = probe_clip_features(
-                    feats["train"][m], feats["test"][m], m, manifest.label_names
+                    feats["train"][m], feats[split][m], m, manifest.label_names
                 )
                 results[row][m].append(100.0 * probe["top1"])
         timings["linear probes"] = timings.get("linear probes", 0) + time.perf_counter() - tic
+    results = {row: values for row, values in results.items() if values["video"]}
     summary = _summary(results, manifest, preset, seeds, timings, time.perf_counter() - start)
+    summary |= {"family": family, "split": split, "overrides": list(overrides)}
     print("\n" + format_table(summary))
-    _write(out, summary, seeds, progress, device)
+    if split == "test":
+        print("test split: report these numbers once, for settings chosen on val (--split val)")
+    _write(out, summary, seeds, progress, device, runs_of=methods[0])
     return summary
+
+
+def _check(family: str, split: str, methods: Sequence[str]) -> None:
+    if family not in FAMILIES:
+        raise ConfigError(f"--family must be one of {', '.join(FAMILIES)} (got {family!r})")
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be val or test (got {split!r})")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ConfigError(
+            f"--methods takes a comma-separated subset of {','.join(METHODS)} (got "
+            f"{','.join(methods) or 'nothing'})"
+        )
+
+
+def _data(manifest_path: Path, wanted: dict[str, Any], progress: bool) -> None:
+    """Generate the demo data unless OUT/data holds the same family, size and seed already."""
+    stamp = manifest_path.parent / "demo-data.json"
+    if manifest_path.is_file():
+        if stamp.is_file():
+            found = json.loads(stamp.read_text(encoding="utf-8"))
+            if found != wanted:
+                diff = ", ".join(f"{k} {found.get(k)} (asked {v})" for k, v in wanted.items()
+                                 if found.get(k) != v)  # fmt: skip
+                raise ConfigError(
+                    f"{manifest_path.parent} holds other demo data: {diff}; use another --out "
+                    "or delete that folder"
+                )
+        return
+    print(
+        f"generating {wanted['family']} demo data, {wanted['classes']} classes × "
+        f"{wanted['per_class']} videos in {manifest_path.parent} …"
+    )
+    generate_demo_data(
+        manifest_path.parent, classes=wanted["classes"], per_class=wanted["per_class"],
+        seed=wanted["seed"], family=wanted["family"], progress=progress,
+    )  # fmt: skip
+    stamp.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
 
 
 def _summary(
@@ -112,6 +163,7 @@ def _summary(
         "seeds": list(seeds),
         "classes": len(manifest.label_names),
         "train_videos": splits.count("train"),
+        "val_videos": splits.count("val"),
         "test_videos": splits.count("test"),
         "chance_top1": 100.0 / max(1, len(manifest.label_names)),
         "linear_probe_top1": {
@@ -131,9 +183,11 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 def format_table(summary: dict[str, Any]) -> str:
     """The demo's result table, as printed and as pasted in the README."""
     seeds = summary["seeds"]
+    split = summary.get("split", "test")
     head = (
-        f"linear probe, test top-1 % ({summary['classes']} classes, {summary['train_videos']} train / "
-        f"{summary['test_videos']} test videos, preset {summary['preset']}, "
+        f"{summary.get('family', 'motion')} family, linear probe, {split} top-1 % "
+        f"({summary['classes']} classes, {summary['train_videos']} train / "
+        f"{summary[split + '_videos']} {split} videos, preset {summary['preset']}, "
         f"{'mean ± std over seeds ' + ','.join(map(str, seeds)) if len(seeds) > 1 else 'seed ' + str(seeds[0])})"
     )
     lines = [
@@ -142,6 +196,8 @@ def format_table(summary: dict[str, Any]) -> str:
         f"|{'-' * 34}|{'-' * 15}|{'-' * 15}|",
     ]
     for row, name in ROWS:
+        if row not in summary["linear_probe_top1"]:
+            continue
         cells = []
         for m in MODALITIES:
             v = summary["linear_probe_top1"][row][m]
@@ -156,13 +212,14 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def _write(
-    out: Path, summary: dict[str, Any], seeds: Sequence[int], progress: bool, device: str | None
-) -> None:
+    out: Path, summary: dict[str, Any], seeds: Sequence[int], progress: bool, device: str | None,
+    runs_of: str = "xdc",
+) -> None:  # fmt: skip
     from xdc.evaluation.report import write_report
 
     text = json.dumps(summary, indent=2) + "\n"
-    (out / "demo.json").write_text(text, encoding="utf-8")
-    run = out / f"seed{seeds[0]}" / "xdc"
+    (out / f"demo-{summary['split']}.json").write_text(text, encoding="utf-8")
+    run = out / f"seed{seeds[0]}" / runs_of
     (run / "eval").mkdir(exist_ok=True)
     (run / "eval" / "demo.json").write_text(text, encoding="utf-8")
     report = write_report(run, device=device, progress=progress)

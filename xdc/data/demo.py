@@ -1,4 +1,10 @@
-"""Procedural demo data: short videos of audio-visual events whose sound is caused by the motion.
+"""Procedural demo data in three families (``xdc demo-data --family NAME``) that differ in what
+carries the class: ``motion`` (this module: how a shape moves and the sound the motion causes),
+``appearance`` and ``digits`` (:mod:`xdc.data.demo_families`: what the object is, with a sound that
+identifies it but whose timing has nothing to do with the picture). Every family writes
+train / val / test splits: choose settings on ``val``, report ``test`` once, at the end.
+
+The ``motion`` family: short videos of audio-visual events whose sound is caused by the motion.
 
 Each class is an event: a shape moving in a pattern and sounding like its material. Five motions
 (they set the sound's rhythm and envelope) cross four shapes (each made of a material that sets the
@@ -50,6 +56,14 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from xdc.data.demo_families import (
+    APPEARANCE_NAMES,
+    DIGIT_NAMES,
+    digit_scan_count,
+    plan_appearance,
+    plan_digits,
+    render_sprite_clip,
+)
 from xdc.data.demo_render import (
     MATERIALS,
     MOTION_MAKERS,
@@ -57,21 +71,25 @@ from xdc.data.demo_render import (
     Distractor,
     Material,
     Motion,
-    Rng,
-    ease,
+    _background,
+    _contrasting_colour,
+    _distractor,
+    _luma,
+    _marker_colour,
     render_plan,
 )
 from xdc.data.manifest import write_manifest
 from xdc.errors import ConfigError
 
 __all__ = [
-    "AAC_RATES", "DEFAULT_CLASSES", "KEYFRAME_SEC", "MATERIALS", "MATERIAL_OF_SHAPE", "MAX_CLASSES",
+    "AAC_RATES", "DEFAULT_CLASSES", "FAMILIES", "KEYFRAME_SEC", "MATERIALS", "MATERIAL_OF_SHAPE", "MAX_CLASSES",
     "MOTIONS", "MOTION_MAKERS", "SHAPES", "SOUND_WORDS", "ClipPlan", "Distractor", "Material",
     "Motion", "class_names", "class_spec", "clip_seed", "generate_demo_data", "held_out_indices",
-    "plan_clip", "render_clip", "render_plan", "write_clip",
+    "max_classes", "plan_clip", "render_clip", "render_plan", "split_of", "write_clip",
 ]  # fmt: skip
 
 DEFAULT_CLASSES: int = 10
+FAMILIES = ("motion", "appearance", "digits")
 MOTIONS = ("bounce", "slide", "spin", "pulse", "shake")
 SHAPES = ("circle", "square", "triangle", "star")
 MATERIAL_OF_SHAPE = {"circle": "rubber", "square": "wood", "triangle": "metal", "star": "glass"}
@@ -95,9 +113,20 @@ def class_spec(class_id: int) -> tuple[str, str]:
     return MOTIONS[motion], SHAPES[(motion + class_id // len(MOTIONS)) % len(SHAPES)]
 
 
-def class_names(classes: int) -> list[str]:
-    """Readable names ``motion_shape_sound`` of the first ``classes`` classes."""
-    _check_classes(classes)
+def max_classes(family: str = "motion") -> int:
+    """How many classes a family has."""
+    _check_family(family)
+    return {"motion": MAX_CLASSES, "appearance": len(APPEARANCE_NAMES), "digits": 10}[family]
+
+
+def class_names(classes: int, family: str = "motion") -> list[str]:
+    """Readable names of the first ``classes`` classes: ``motion_shape_sound`` (motion),
+    ``shape_vowel`` (appearance), the digit's name (digits)."""
+    _check_classes(classes, family)
+    if family == "appearance":
+        return list(APPEARANCE_NAMES[:classes])
+    if family == "digits":
+        return list(DIGIT_NAMES[:classes])
     names = []
     for k in range(classes):
         motion, shape = class_spec(k)
@@ -148,82 +177,24 @@ def plan_clip(
 
 def render_clip(
     class_id: int, clip_seed: int, duration_sec: float = 2.0, size: int = 112, fps: float = 25.0,
-    sample_rate: int = 44100, audio_channels: int = 2,
+    sample_rate: int = 44100, audio_channels: int = 2, family: str = "motion", index: int = 0,
+    dataset_seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Frames (T, H, W, 3) uint8 RGB and audio (C, N) float32 in [-1, 1] of one clip.
 
     T = round(duration_sec * fps), H = W = size, C = audio_channels, N = round(duration_sec * sample_rate).
+    ``index`` and ``dataset_seed`` matter for ``digits`` only: which handwritten scan the clip shows.
     """
-    plan = plan_clip(class_id, clip_seed, duration_sec, size, fps, sample_rate, audio_channels)
-    return render_plan(plan)
-
-
-# --- scene: the nuisances of the picture, drawn with the plan ----------------------------------
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ np.array([0.299, 0.587, 0.114])
-
-
-def _random_colour(rng: Rng) -> np.ndarray:
-    """A colour of any hue, saturation 0.3-1, value 0.15-1 (HSV), as RGB in [0, 1]."""
-    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.3, 1.0), rng.uniform(0.15, 1.0)
-    channel = np.clip(np.abs(np.mod(hue * 6 + np.array([0.0, 4.0, 2.0]), 6) - 3) - 1, 0, 1)
-    return val * (1 - sat + sat * channel)
-
-
-def _contrasting_colour(rng: Rng, background_luma: float) -> np.ndarray:
-    """An object colour whose brightness differs from the background's by at least 0.25."""
-    for _ in range(50):
-        colour = _random_colour(rng)
-        if abs(float(_luma(colour)) - background_luma) >= 0.25:
-            return colour
-    return np.full(3, 0.05 if background_luma > 0.5 else 0.95)
-
-
-def _marker_colour(colour: np.ndarray) -> np.ndarray:
-    """A darker or lighter version of the object's colour for the spoke that shows rotation."""
-    return colour * 0.35 if _luma(colour) > 0.45 else colour + (1 - colour) * 0.65
-
-
-def _background(rng: Rng, size: int) -> np.ndarray:
-    """(size, size, 3) float32: flat, linear gradient, smooth clouds or stripes between two colours."""
-    first = _random_colour(rng)
-    second = np.clip(first + rng.uniform(-0.3, 0.3, 3), 0, 1)
-    grid = (np.arange(size) + 0.5) / size
-    yy, xx = np.meshgrid(grid, grid, indexing="ij")
-    kind = rng.integers(4)
-    if kind == 0:
-        mix = np.zeros((size, size))
-    elif kind == 1:
-        heading = rng.uniform(0, 2 * np.pi)
-        mix = ease(
-            xx * np.cos(heading)
-            + yy * np.sin(heading)
-            + 0.5 * (1 - np.cos(heading) - np.sin(heading))
-        )
-    elif kind == 2:
-        cells = int(rng.integers(3, 9))
-        coarse = rng.uniform(0, 1, (cells + 1, cells + 1))
-        at = grid * cells
-        i = np.minimum(at.astype(int), cells - 1)
-        f = at - i
-        rows = coarse[i] * (1 - f[:, None]) + coarse[i + 1] * f[:, None]
-        mix = ease(rows[:, i] * (1 - f) + rows[:, i + 1] * f)
+    args = (duration_sec, size, fps, sample_rate, audio_channels)
+    if family == "appearance":
+        sprite = plan_appearance(class_id, clip_seed, *args)
+    elif family == "digits":
+        sprite = plan_digits(class_id, clip_seed, index, dataset_seed, *args)
     else:
-        heading, cycles = rng.uniform(0, np.pi), rng.uniform(2, 7)
-        mix = 0.5 + 0.5 * np.sin(2 * np.pi * cycles * (xx * np.cos(heading) + yy * np.sin(heading)))
-    return (first + (second - first) * mix[..., None]).astype(np.float32)  # (size, size, 3)
-
-
-def _distractor(rng: Rng) -> Distractor | None:
-    """A silent blurred blob crossing the frame in half of the clips."""
-    if rng.uniform() < 0.5:
-        return None
-    start, end = rng.uniform(-0.1, 1.1, 2), rng.uniform(-0.1, 1.1, 2)
-    return Distractor(
-        start, end, rng.uniform(0.05, 0.12), _random_colour(rng), rng.uniform(0.4, 0.8)
-    )
+        _check_family(family)
+        return render_plan(plan_clip(class_id, clip_seed, *args))
+    assert sprite.audio is not None
+    return render_sprite_clip(sprite), sprite.audio
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -295,13 +266,14 @@ class _Job:
     fps: float
     sample_rate: int
     audio_channels: int
+    family: str
 
 
 def _make_clip(job: _Job) -> dict[str, object]:
     """Render, encode and describe one clip (runs in a worker process)."""
     frames, audio = render_clip(
         job.class_id, clip_seed(job.seed, job.class_id, job.index), job.duration_sec, job.size,
-        job.fps, job.sample_rate, job.audio_channels,
+        job.fps, job.sample_rate, job.audio_channels, job.family, job.index, job.seed,
     )  # fmt: skip
     relative = f"{job.class_name}/{job.index:04d}.mp4"
     write_clip(Path(job.out_dir) / relative, frames, audio, job.fps, job.sample_rate)
@@ -316,35 +288,58 @@ def _make_clip(job: _Job) -> dict[str, object]:
 def held_out_indices(seed: int, class_id: int, per_class: int, test_fraction: float) -> set[int]:
     """Indices of a class's clips in the test split: round(per_class × test_fraction) of them, at
     least one when test_fraction > 0 and at least one left for training, drawn from the seed."""
-    count = round(per_class * test_fraction)
-    if test_fraction > 0 and per_class > 1:
-        count = min(max(count, 1), per_class - 1)
+    return {i for i, split in split_of(seed, class_id, per_class, test_fraction, 0.0).items()
+            if split == "test"}  # fmt: skip
+
+
+def split_of(
+    seed: int, class_id: int, per_class: int, test_fraction: float, val_fraction: float
+) -> dict[int, str]:
+    """Split of each clip index of a class: ``test``, ``val`` or ``train``, stratified.
+
+    Each held-out split takes round(per_class × fraction) clips, at least one when its fraction is
+    above 0, and at least one clip is left for training; test clips are drawn first, from the
+    same shuffled order as data sets made before the val split existed.
+    """
     order = np.random.default_rng([seed, class_id, 2**32 - 1]).permutation(per_class)
-    return {int(i) for i in order[:count]}
+    counts = []
+    for fraction in (test_fraction, val_fraction):
+        count = round(per_class * fraction)
+        if fraction > 0:
+            count = max(count, 1)
+        counts.append(count)
+    spare = per_class - 1
+    test = min(counts[0], spare)
+    val = min(counts[1], spare - test)
+    splits = {int(i): "train" for i in order}
+    splits.update({int(i): "test" for i in order[:test]})
+    splits.update({int(i): "val" for i in order[test : test + val]})
+    return splits
 
 
 def generate_demo_data(
     out_dir: str | Path, classes: int = DEFAULT_CLASSES, per_class: int = 40, seed: int = 0,
     duration_sec: float = 2.0, size: int = 112, fps: float = 25.0, sample_rate: int = 44100,
     audio_channels: int = 2, test_fraction: float = 0.2, workers: int | None = None,
-    progress: bool = True,
+    progress: bool = True, family: str = "motion", val_fraction: float = 0.2,
 ) -> Path:  # fmt: skip
     """Write ``out_dir/<class>/<index>.mp4`` for every class and ``out_dir/manifest.csv``.
 
-    The split is stratified: each class puts ``round(per_class × test_fraction)`` clips in "test".
-    Returns the manifest's path. Raises ``ConfigError`` naming the flag of a bad argument.
+    The split is stratified (:func:`split_of`): each class puts ``round(per_class × fraction)``
+    clips in "test" and in "val", the rest in "train". Returns the manifest's path. Raises
+    ``ConfigError`` naming the flag of a bad argument.
     """
     _check_arguments(classes, per_class, seed, duration_sec, size, fps, sample_rate,
-                     audio_channels, test_fraction, workers)  # fmt: skip
+                     audio_channels, test_fraction, workers, family, val_fraction)  # fmt: skip
     out = Path(out_dir)
-    names = class_names(classes)
+    names = class_names(classes, family)
     jobs = []
     for class_id, name in enumerate(names):
         (out / name).mkdir(parents=True, exist_ok=True)
-        tests = held_out_indices(seed, class_id, per_class, test_fraction)
+        splits = split_of(seed, class_id, per_class, test_fraction, val_fraction)
         jobs += [
-            _Job(str(out), class_id, name, i, seed, "test" if i in tests else "train", duration_sec,
-                 size, fps, sample_rate, audio_channels)
+            _Job(str(out), class_id, name, i, seed, splits[i], duration_sec, size, fps,
+                 sample_rate, audio_channels, family)
             for i in range(per_class)
         ]  # fmt: skip
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
@@ -364,16 +359,25 @@ def generate_demo_data(
     return write_manifest(rows, out / "manifest.csv")
 
 
-def _check_classes(classes: int) -> None:
-    if not 1 <= classes <= MAX_CLASSES:
-        raise ConfigError(f"--classes must be between 1 and {MAX_CLASSES} (got {classes})")
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ConfigError(f"--family must be one of {', '.join(FAMILIES)} (got {family!r})")
+
+
+def _check_classes(classes: int, family: str = "motion") -> None:
+    most = max_classes(family)
+    if not 1 <= classes <= most:
+        raise ConfigError(
+            f"--classes must be between 1 and {most} for --family {family} (got {classes})"
+        )
 
 
 def _check_arguments(
     classes: int, per_class: int, seed: int, duration_sec: float, size: int, fps: float,
     sample_rate: int, audio_channels: int, test_fraction: float, workers: int | None,
+    family: str, val_fraction: float,
 ) -> None:  # fmt: skip
-    _check_classes(classes)
+    _check_classes(classes, family)
     checks = [
         (per_class >= 1, f"--per-class must be at least 1 (got {per_class})"),
         (seed >= 0, f"--seed must be a non-negative integer (got {seed})"),
@@ -386,9 +390,22 @@ def _check_arguments(
         (sample_rate in AAC_RATES, f"--sample-rate must be one of {AAC_RATES} (got {sample_rate})"),
         (audio_channels in (1, 2), f"--audio-channels must be 1 or 2 (got {audio_channels})"),
         (0 <= test_fraction < 1, f"--test-fraction must be in [0, 1) (got {test_fraction})"),
+        (0 <= val_fraction < 1, f"--val-fraction must be in [0, 1) (got {val_fraction})"),
+        (
+            test_fraction + val_fraction < 1,
+            f"--test-fraction + --val-fraction must leave videos for training (got "
+            f"{test_fraction} + {val_fraction})",
+        ),
         (workers is None or workers >= 1, f"--workers must be at least 1 (got {workers})"),
         (round(duration_sec * fps) >= 1, "--duration × --fps must make at least one frame"),
     ]
+    if family == "digits":
+        most = min(digit_scan_count(d) for d in range(classes))
+        checks.append((
+            per_class <= most,
+            f"--per-class can be at most {most} for --family digits: every clip shows a "
+            f"different handwritten scan (got {per_class})",
+        ))  # fmt: skip
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

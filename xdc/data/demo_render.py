@@ -250,6 +250,74 @@ MOTION_MAKERS: dict[str, MotionMaker] = {
 }  # fmt: skip
 
 
+# --- scene: the nuisances of the picture, drawn with the plan ----------------------------------
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ np.array([0.299, 0.587, 0.114])
+
+
+def _random_colour(rng: Rng) -> np.ndarray:
+    """A colour of any hue, saturation 0.3-1, value 0.15-1 (HSV), as RGB in [0, 1]."""
+    hue, sat, val = rng.uniform(0, 1), rng.uniform(0.3, 1.0), rng.uniform(0.15, 1.0)
+    channel = np.clip(np.abs(np.mod(hue * 6 + np.array([0.0, 4.0, 2.0]), 6) - 3) - 1, 0, 1)
+    return val * (1 - sat + sat * channel)
+
+
+def _contrasting_colour(rng: Rng, background_luma: float) -> np.ndarray:
+    """An object colour whose brightness differs from the background's by at least 0.25."""
+    for _ in range(50):
+        colour = _random_colour(rng)
+        if abs(float(_luma(colour)) - background_luma) >= 0.25:
+            return colour
+    return np.full(3, 0.05 if background_luma > 0.5 else 0.95)
+
+
+def _marker_colour(colour: np.ndarray) -> np.ndarray:
+    """A darker or lighter version of the object's colour for the spoke that shows rotation."""
+    return colour * 0.35 if _luma(colour) > 0.45 else colour + (1 - colour) * 0.65
+
+
+def _background(rng: Rng, size: int) -> np.ndarray:
+    """(size, size, 3) float32: flat, linear gradient, smooth clouds or stripes between two colours."""
+    first = _random_colour(rng)
+    second = np.clip(first + rng.uniform(-0.3, 0.3, 3), 0, 1)
+    grid = (np.arange(size) + 0.5) / size
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    kind = rng.integers(4)
+    if kind == 0:
+        mix = np.zeros((size, size))
+    elif kind == 1:
+        heading = rng.uniform(0, 2 * np.pi)
+        mix = ease(
+            xx * np.cos(heading)
+            + yy * np.sin(heading)
+            + 0.5 * (1 - np.cos(heading) - np.sin(heading))
+        )
+    elif kind == 2:
+        cells = int(rng.integers(3, 9))
+        coarse = rng.uniform(0, 1, (cells + 1, cells + 1))
+        at = grid * cells
+        i = np.minimum(at.astype(int), cells - 1)
+        f = at - i
+        rows = coarse[i] * (1 - f[:, None]) + coarse[i + 1] * f[:, None]
+        mix = ease(rows[:, i] * (1 - f) + rows[:, i + 1] * f)
+    else:
+        heading, cycles = rng.uniform(0, np.pi), rng.uniform(2, 7)
+        mix = 0.5 + 0.5 * np.sin(2 * np.pi * cycles * (xx * np.cos(heading) + yy * np.sin(heading)))
+    return (first + (second - first) * mix[..., None]).astype(np.float32)  # (size, size, 3)
+
+
+def _distractor(rng: Rng) -> Distractor | None:
+    """A silent blurred blob crossing the frame in half of the clips."""
+    if rng.uniform() < 0.5:
+        return None
+    start, end = rng.uniform(-0.1, 1.1, 2), rng.uniform(-0.1, 1.1, 2)
+    return Distractor(
+        start, end, rng.uniform(0.05, 0.12), _random_colour(rng), rng.uniform(0.4, 0.8)
+    )
+
+
 # --- frames -----------------------------------------------------------------------------------
 
 
