@@ -156,3 +156,24 @@ def test_family_errors_name_the_flag(tmp_path) -> None:
     with pytest.raises(ConfigError, match="--val-fraction"):
         generate_demo_data(tmp_path, val_fraction=0.9, progress=False)
     assert max_classes("appearance") == 10 and max_classes("motion") == 20
+
+
+def test_hue_turn_keeps_greys_and_luma_and_changes_colour() -> None:
+    import math
+
+    import torch
+
+    from xdc.data.transforms import hue_rotation, strong_augment
+
+    assert torch.allclose(hue_rotation(0.0), torch.eye(3, dtype=torch.float64), atol=1e-9)
+    turn = hue_rotation(math.pi / 2)
+    grey = torch.tensor([0.3, 0.3, 0.3], dtype=torch.float64)
+    assert torch.allclose(turn @ grey, grey, atol=1e-9)
+    colour = torch.tensor([0.6, 0.3, 0.2], dtype=torch.float64)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)
+    assert torch.isclose(luma @ (turn @ colour), luma @ colour, atol=1e-6)
+    assert (turn @ colour - colour).abs().max() > 0.1
+    clip = torch.rand(2, 3, 8, 8)
+    hues = [strong_augment(clip, np.random.default_rng(s), hue=True) for s in range(4)]
+    plain = [strong_augment(clip, np.random.default_rng(s)) for s in range(4)]
+    assert all((h - p).abs().max() > 0.01 for h, p in zip(hues, plain, strict=True))

@@ -65,7 +65,8 @@ class DataConfig:
     flip: bool = True
     """Random horizontal flip when training."""
     augment: str = "none"
-    """Extra per-clip augmentation when training: ``none`` or ``strong`` (affine + colour)."""
+    """Extra per-clip augmentation when training: ``none``, ``strong`` (affine + colour) or
+    ``strong_hue`` (``strong`` and a random hue turn: colour becomes a nuisance)."""
     sample_rate: int = 16000
     """Audio sample rate in Hz [U]."""
     n_mels: int = 40
@@ -177,7 +178,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.video_input": ("rgb", "rgb_diff"),
     "model.audio": ("resnet18",),
     "model.audio_pool": ("avg", "max", "avgmax"),
-    "data.augment": ("none", "strong"),
+    "data.augment": ("none", "strong", "strong_hue"),
     "data.audio_align": ("center", "start"),
     "data.overflow": ("pad", "loop"),
     "data.cache": ("none", "memory"),

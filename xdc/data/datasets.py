@@ -226,8 +226,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
             keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
             frames = frames[keep]
         frames = crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
-        if rng is not None and cfg.augment == "strong":
-            return float_to_uint8_clip(strong_augment(to_float_video(frames), rng))
+        if rng is not None and cfg.augment in ("strong", "strong_hue"):
+            hue = cfg.augment == "strong_hue"
+            return float_to_uint8_clip(strong_augment(to_float_video(frames), rng, hue))
         return to_uint8_clip(frames)
 
     def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:

@@ -71,11 +71,26 @@ def normalize_video(video: Tensor) -> Tensor:
     return (video.float() / 255.0 - mean) / std
 
 
-def strong_augment(video: Tensor, rng: np.random.Generator) -> Tensor:
+_RGB_TO_YIQ = torch.tensor(
+    [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64
+)
+
+
+def hue_rotation(angle: float) -> Tensor:
+    """(3, 3) float64 matrix that turns the hue of RGB colours by ``angle`` radians, keeping their
+    luma (a rotation of the chroma plane of YIQ)."""
+    cos, sin = math.cos(angle), math.sin(angle)
+    turn = torch.tensor([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
+    return torch.linalg.inv(_RGB_TO_YIQ) @ turn @ _RGB_TO_YIQ
+
+
+def strong_augment(video: Tensor, rng: np.random.Generator, hue: bool = False) -> Tensor:
     """The same random affine and colour change applied to every frame of one clip.
 
     Rotation ±20°, scale 0.8–1.2, shear ±10°, translation ±10%, brightness/contrast ±30%,
-    saturation 0.6–1.4, random grey (p = 0.1). Input and output (T, 3, H, W) in [0, 1].
+    saturation 0.6–1.4, random grey (p = 0.1). ``hue``: also turn every hue by a random angle
+    (the whole circle), so that colour — of the object, the background, the light — is a nuisance
+    the encoder learns to ignore. Input and output (T, 3, H, W) in [0, 1].
     """
     angle = math.radians(rng.uniform(-20, 20))
     shear = math.radians(rng.uniform(-10, 10))
@@ -100,6 +115,9 @@ def strong_augment(video: Tensor, rng: np.random.Generator) -> Tensor:
     grey = grey.sum(dim=1, keepdim=True)
     to_grey = rng.random() < 0.1
     video = grey.expand_as(video) if to_grey else grey + (video - grey) * saturation
+    if hue:
+        turn = hue_rotation(rng.uniform(-math.pi, math.pi)).to(video.dtype)
+        video = torch.einsum("ij,tjhw->tihw", turn, video).clamp_(0.0, 1.0)
     mean = video.mean(dim=(1, 2, 3), keepdim=True)
     video = (video - mean) * contrast + mean
     return (video * brightness).clamp_(0.0, 1.0)
