@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import TINY_OVERRIDES, tiny_config
@@ -44,3 +45,10 @@ def test_two_process_run_equals_single_process_clustering(
     # Each process trained on its half of the clips; the log counts the clips of both.
     assert read_metrics(ddp, "epoch")[-1]["clips_per_s"] > 0
     assert len(read_metrics(ddp, "finished")) == 1
+    # Diagnostics use global quantities (the spectrum of all features), and only rank 0 reports.
+    ranks = [
+        {r["clustering"]: r["effective_rank"] for r in read_metrics(run, "cluster")}
+        for run in (single, ddp)
+    ]
+    assert ranks[1] == pytest.approx(ranks[0], rel=1e-6)
+    assert done.stderr.count("xdc: warning: ") == len(read_metrics(ddp, "warning"))

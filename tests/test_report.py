@@ -30,6 +30,7 @@ from xdc.evaluation.report import (
     load_run,
     write_report,
 )
+from xdc.evaluation.report_checks import CACHE_NAME
 
 EVAL_RESULT = {
     "top1": 0.8125,
@@ -199,6 +200,23 @@ def test_clusters_show_montages_and_sounds(report: dict) -> None:
         t for level, t in report["page"].headings if level == "h3" and "clustering" in t
     ]
     assert [t.split()[0] for t in cluster_headings] == list(labels)
+
+
+def test_warnings_come_first_and_encoders_face_a_random_init(report: dict) -> None:
+    sections = [t for level, t in report["page"].headings if level == "h2"]
+    assert sections[0] == "Warnings" and "Trained vs random init" in sections
+    warnings = report["text"][report["text"].index('<section id="warnings">') :]
+    warnings = warnings[: warnings.index("</section>")]
+    assert "<li>" in warnings or "no warnings" in warnings
+    (rows,) = [
+        rows for heading, rows in report["page"].tables if heading == "Trained vs random init"
+    ]
+    assert rows[0][:4] == ["encoder", "trained", "random init", "chance"]
+    assert [r[0] for r in rows[1:]] == ["video", "audio"]
+    for row in rows[1:]:
+        assert all(0.0 <= float(v) <= 100.0 for v in row[1:4])
+    cache = json.loads((report["run"] / "eval" / CACHE_NAME).read_text())
+    assert cache["train_split"] == "train" and set(cache["top1"]) == {"video", "audio"}
 
 
 def test_evaluation_json_becomes_a_table(report: dict) -> None:

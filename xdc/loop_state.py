@@ -33,6 +33,8 @@ class LoopState:
     centroids: dict[str, Tensor] = field(default_factory=dict)
     val_rows: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     history: list[dict[str, Any]] = field(default_factory=list)
+    last_nmi: dict[str, float] = field(default_factory=dict)
+    """{clustering: NMI of the last clustering with the one before}, for the diagnostics."""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)

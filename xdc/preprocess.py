@@ -55,6 +55,7 @@ class FeaturePreprocessor:
         self.mean: Tensor | None = None  # (D,) float32
         self.projection: Tensor | None = None  # (D, d) float32, whitening folded in
         self.eigenvalues: Tensor | None = None  # (d,) float64, descending
+        self.spectrum: Tensor | None = None  # (D,) float64: every eigenvalue, descending
 
     def fit(self, x: Tensor) -> FeaturePreprocessor:
         """Estimate mean and principal directions of ``x`` (``(N_local, D)``) over all ranks."""
@@ -81,6 +82,7 @@ class FeaturePreprocessor:
             gram.addmm_(block.t(), block)
         covariance = xdist.all_reduce_sum(gram) / n_total
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        self.spectrum = eigenvalues.flip(0).clamp_min(0.0).cpu()
         eigenvalues = eigenvalues.flip(0)[:out_dim].clamp_min(0.0)
         eigenvectors = eigenvectors.flip(1)[:, :out_dim]
         # eigh's sign of each vector is arbitrary: fix it so that runs agree.

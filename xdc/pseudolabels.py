@@ -15,6 +15,7 @@ from torch import Tensor
 from xdc import distributed as dist
 from xdc.clustering import FeaturePreprocessor, cluster_statistics, kmeans
 from xdc.config import ClusterConfig, cluster_k
+from xdc.diagnostics import feature_rank_of
 from xdc.methods import LABELS, Method
 
 
@@ -52,13 +53,18 @@ def make_pseudo_labels(
         x = torch.cat(
             [F.normalize(features[m].float(), dim=1) for m in clustering.modalities], dim=1
         )
+        pre = FeaturePreprocessor(
+            pca_dim=config.pca_dim or None,
+            whiten=config.whiten,
+            l2_normalize=config.l2_normalize,
+        )
+        features_in = x
         if config.pca_dim or config.l2_normalize:
-            pre = FeaturePreprocessor(
-                pca_dim=config.pca_dim or None,
-                whiten=config.whiten,
-                l2_normalize=config.l2_normalize,
-            )
             x = pre.fit_transform(x)
+        if pre.spectrum is None:  # no PCA: the spectrum of the features, for the diagnostics only
+            pre = FeaturePreprocessor(features_in.shape[1], whiten=False, l2_normalize=False)
+            pre.fit(features_in)
+        rank = feature_rank_of(pre.spectrum)
         k = cluster_k(config, clustering.name)
         result = kmeans(x, k, n_iter=config.kmeans_iters, seed=seed * 1000 + c_index)
         full = torch.full((n_rows,), -1, dtype=torch.int64)
@@ -77,7 +83,11 @@ def make_pseudo_labels(
             labels=None if monitor is None or (monitor < 0).all() else torch.as_tensor(monitor),
         )
         stats.update(
-            inertia=float(result.inertia), empty_repaired=int(result.n_empty_repaired), k=k
+            inertia=float(result.inertia),
+            empty_repaired=int(result.n_empty_repaired),
+            k=k,
+            effective_rank=rank,
+            feature_dim=int(features_in.shape[1]),
         )
         out.stats[clustering.name] = stats
     return out
@@ -109,6 +119,8 @@ def format_stats(iteration: int, stats: dict[str, dict[str, Any]]) -> str:
             f"largest {100 * s['largest_fraction']:.1f}%",
             f"balance {s['size_entropy']:.2f}",
         ]
+        if s.get("effective_rank") is not None:
+            parts.append(f"effective rank {s['effective_rank']:.1f} of {s['feature_dim']}")
         if s.get("nmi_previous") is not None:
             parts.append(f"NMI vs previous {s['nmi_previous']:.3f}")
         if s.get("nmi_labels") is not None:

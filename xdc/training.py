@@ -38,6 +38,7 @@ from xdc.deep_clustering import (
     reset_heads,
     wrap_distributed,
 )
+from xdc.diagnostics import sync_warnings, warn_after_clustering, warn_after_iteration
 from xdc.errors import XdcError
 from xdc.features import ClipFeatures, calibrated_copy, extract_features
 from xdc.loop_state import LoopState, checkpoint, restore
@@ -77,6 +78,7 @@ def pretrain(
         run.say(f"resuming {run.out} at iteration {state.iteration + 1}, epoch {state.epoch + 1}")
     log = RunLog(run.out, enabled=dist.is_main())
     log.truncate(state.log_seq)
+    sync_warnings(log)  # RUN/warnings.json: the warnings of the log kept, each once
     train_model = wrap_distributed(model, run.device)
     while state.iteration < config.train.iterations:
         if state.phase == "cluster":
@@ -142,6 +144,7 @@ def relabel(
         log.write("cluster", step=state.step, iteration=state.iteration, clustering=name, **stats)
     if result.stats:
         run.say(format_stats(state.iteration + 1, result.stats))
+    warn_after_clustering(log, state, result.stats)
 
 
 def run_extraction(
@@ -206,6 +209,7 @@ def run_iteration(
         )
         state.epoch += 1
         if state.epoch >= t.max_epochs or (t.patience and state.bad_epochs >= t.patience):
+            warn_after_iteration(log, state, run.method)
             state.iteration, state.epoch, state.phase = state.iteration + 1, 0, "cluster"
         checkpoint(run, state, model, optimizer, scaler, log)
 

@@ -1,9 +1,11 @@
 """``xdc report RUN``: one self-contained HTML page showing what a pretraining run learned.
 
 The page (RUN/report.html) needs no network to view: CSS is inline, figures are PNG ``data:`` URIs,
-sound is WAV ``data:`` URIs. It shows the run's settings, its training curves, the sizes of its final
-clusterings, example videos (frames and sound) of the largest and purest clusters, every evaluation
-result found in RUN/eval/*.json, and the videos that could not be read.
+sound is WAV ``data:`` URIs. It shows the run's warnings (``xdc.diagnostics``) first, then its
+settings, each encoder against a random init of the same architecture (``report_checks``), its
+training curves, the sizes of its final clusterings, example videos (frames and sound) of the
+largest and purest clusters, every evaluation result found in RUN/eval/*.json, and the videos that
+could not be read.
 
 Example frames are the videos nearest each cluster's mean feature, computed with the run's trained
 encoder of the clustering's modality (the video encoder for ``joint`` and ``labels``) after the same
@@ -27,6 +29,13 @@ from xdc.encoders import load_encoders
 from xdc.errors import CheckpointError, ConfigError, DataError
 from xdc.evaluation import report_plots as plots
 from xdc.evaluation.cli_shared import add_device_arguments
+from xdc.evaluation.report_checks import (
+    CACHE_NAME,
+    random_init_check,
+    random_init_html,
+    random_init_warnings,
+    warnings_html,
+)
 from xdc.evaluation.report_clusters import (
     CLUSTERS_SHOWN,
     SOUNDS_PER_CLUSTER,
@@ -74,11 +83,14 @@ def write_report(
     device: str | None = None,
     progress: bool = True,
     data: str | Path | None = None,
+    probe: bool = True,
 ) -> Path:
     """Write the HTML report of ``run`` to ``out`` (default RUN/report.html) and return its path.
 
     ``data`` replaces the manifest recorded in RUN/run.json (for a manifest that moved). At most
-    ``max_members`` members per shown cluster have their features re-extracted.
+    ``max_members`` members per shown cluster have their features re-extracted. ``probe``: compare
+    the trained encoders with random-init ones by a linear probe when the manifest has labels
+    (``xdc.evaluation.report_checks``; cached in RUN/eval/).
     """
     if max_members < 1:
         raise ConfigError(f"--max-members must be >= 1, got {max_members}")
@@ -87,12 +99,20 @@ def write_report(
     failures: list[str] = []
     shown = choose_clusters(contents, max_members)
     rank_members(contents, shown, resolve_device(device), progress, failures)
+    check = (
+        random_init_check(contents, device, progress)
+        if probe
+        else {"skipped": "--no-probe was given"}
+    )
+    extra = random_init_warnings(check)
     sections = [
+        warnings_html(contents.run, extra),
         header_html(contents),
+        random_init_html(check, extra),
         curves_html(contents.run),
         sizes_html(contents),
         clusters_html(contents, shown, max_members, failures),
-        plots.evaluation_html(contents.run),
+        plots.evaluation_html(contents.run, skip=(CACHE_NAME,)),
         plots.failures_html(contents.run, failures),
     ]
     title = f"xdc report: {contents.run.name}"
@@ -216,10 +236,11 @@ def cmd_report(
     max_members: int = 64,
     device: str | None = None,
     progress: bool = True,
+    probe: bool = True,
 ) -> int:
     """Write the HTML report of a run folder; prints its path and size."""
     path = write_report(
-        run, out, max_members=max_members, device=device, progress=progress, data=data
+        run, out, max_members=max_members, device=device, progress=progress, data=data, probe=probe
     )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
@@ -239,9 +260,14 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-members", type=int, default=64, help="members per shown cluster to re-extract (64)"
     )
+    p.add_argument(
+        "--no-probe",
+        action="store_true",
+        help="skip the linear-probe comparison of the encoders with a random init",
+    )
     add_device_arguments(p)
     p.set_defaults(
         run=lambda a: cmd_report(
-            a.run_dir, a.out, a.data, a.max_members, a.device, not a.no_progress
+            a.run_dir, a.out, a.data, a.max_members, a.device, not a.no_progress, not a.no_probe
         )
     )

@@ -234,9 +234,11 @@ def _two_lines(caption: str, width: int = 17) -> str:
     return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in lines)
 
 
-def evaluation_html(run: Path) -> str:
-    """Every RUN/eval/*.json as tables, whatever its fields (new result files need no code)."""
+def evaluation_html(run: Path, skip: Sequence[str] = ()) -> str:
+    """Every RUN/eval/*.json (but those named in ``skip``) as tables, whatever its fields (new
+    result files need no code)."""
     files = sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []
+    files = [f for f in files if f.name not in skip]
     parts = ['<section id="evaluation"><h2>Evaluation</h2>']
     if not files:
         parts.append(
@@ -363,7 +365,7 @@ h1{font-size:1.5em}h2{border-bottom:1px solid #ccc;margin-top:1.6em}h4{margin:.2
 table{border-collapse:collapse;margin:.4em 0 1em}th,td{border:1px solid #ddd;padding:2px 8px;text-align:left;
 font-size:.9em}table.grid td{text-align:right}th{background:#f4f4f4}
 pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow:auto;max-height:30em}
-img.plot{max-width:100%}.note{color:#a15c00}
+img.plot{max-width:100%}.note{color:#a15c00}.ok{color:#2e7d32}ul.warnings li{margin:.4em 0}
 .tag{font-size:.75em;color:#fff;background:#5b7fa6;border-radius:3px;padding:1px 5px;font-weight:normal}
 .cluster{border:1px solid #ddd;border-radius:4px;padding:.5em;margin:.6em 0}.cluster p{margin:.2em 0;font-size:.9em}
 .sounds{display:flex;flex-wrap:wrap;gap:.8em}figure.sound{margin:0;font-size:.8em}audio{height:2em;width:260px}
