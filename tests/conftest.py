@@ -61,8 +61,9 @@ def demo_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("demo")
     return generate_demo_data(
-        out, classes=3, per_class=6, seed=0, duration_sec=1.2, size=48, workers=1, progress=False
-    )
+        out, classes=3, per_class=6, seed=0, duration_sec=1.2, size=48, workers=1, progress=False,
+        val_fraction=0.0,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="session")

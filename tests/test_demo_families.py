@@ -18,7 +18,7 @@ from xdc.data.demo import (
     render_clip,
     split_of,
 )
-from xdc.data.demo_families import DTMF_HZ, VOWELS, plan_digits
+from xdc.data.demo_families import DTMF_HZ, plan_digits
 from xdc.data.manifest import read_manifest
 from xdc.errors import ConfigError
 
