@@ -100,6 +100,13 @@ def test_appearance_shape_is_the_only_visual_difference_between_classes() -> Non
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_stereo_clips_have_two_channels_of_the_same_sound(family: str) -> None:
+    frames, audio = render_clip(2, 99, family=family, **(ARGS | {"audio_channels": 2}))
+    assert frames.shape == (12, 64, 64, 3) and audio.shape == (2, RATE)
+    assert np.corrcoef(audio)[0, 1] > 0.5 and np.abs(audio).max() <= 1.0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_nuisances_vary_within_every_class(family: str) -> None:
     clips = [_clip(family, 1, i) for i in range(8)]
     corners = np.stack([frames[0, :6, :6].reshape(-1, 3).mean(0) for frames, _ in clips])

@@ -222,7 +222,7 @@ def _finish(rng: Rng, event: np.ndarray, channels: int, sr: int, level_db: float
     event = event / max(float(np.sqrt(np.mean(event**2))), 1e-12)
     if channels == 2:
         pan = rng.uniform(0.15, 0.85) * np.pi / 2
-        event = np.stack([np.cos(pan), np.sin(pan)]) * event * np.sqrt(2)
+        event = np.array([[np.cos(pan)], [np.sin(pan)]]) * event * np.sqrt(2)
     else:
         event = event[None]
     noise = _coloured_noise(rng, event.shape, rng.uniform(0, 2), sr)
