@@ -305,3 +305,22 @@ def test_rgb_weights_into_an_rgb_diff_encoder_name_the_video_input() -> None:
         load_encoder_state(Mixed2D3D(width=4, video_input="rgb_diff"), rgb_state, source="w.pt")
     with pytest.raises(ConfigError, match="model.video_input"):
         Mixed2D3D(video_input="flow")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["mixed2d3d", "frame2d"])
+def test_deep_frame_bottom_keeps_the_contract_and_reads_full_resolution(name: str) -> None:
+    """``bottom="deep"``: same features and map size as ``fast``, three more convs, the first at
+    full resolution (stride 1) and no max-pool; an unknown bottom names the config key."""
+    from xdc.models import build_video_encoder
+
+    torch.manual_seed(0)
+    fast = build_video_encoder(name, width=8, video_input="rgb_diff")
+    deep = build_video_encoder(name, width=8, video_input="rgb_diff", bottom="deep")
+    clip = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    assert deep(clip).shape == fast(clip).shape == (2, 32)
+    convs = [m for m in deep.modules() if isinstance(m, nn.Conv2d)]
+    fast_convs = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == len(fast_convs) + 3 and convs[0].stride == (1, 1)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in deep.modules())
+    with pytest.raises(ConfigError, match="model.video_bottom"):
+        build_video_encoder(name, width=8, bottom="wide")

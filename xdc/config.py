@@ -40,6 +40,11 @@ class ModelConfig:
     """What the video encoder's first conv sees: ``rgb`` (the frames; released weights) or
     ``rgb_diff`` (the frames and their temporal differences, TSN's RGB-difference input: motion is
     explicit and the still background cancels out; docs/presets.md measures it)."""
+    video_bottom: str = "fast"
+    """``mixed2d3d`` and ``frame2d``: their per-frame 2D layers, ``fast`` (3 convs and a
+    max-pool, each at a coarser scale) or ``deep`` (6 convs, from full resolution, ~3× the compute):
+    recognising what an object is — a shape, a handwritten digit on a photo — needs the ``deep``
+    one (docs/presets.md)."""
     audio: str = "resnet18"
     """Audio encoder: ``resnet18`` (2D ResNet-18 on log-mel) [V architecture, U details]."""
     audio_width: int = 64
@@ -176,6 +181,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.video_mid_rule": ("xdc", "torchvision"),
     "model.video_temporal_pool": ("mean", "max"),
     "model.video_input": ("rgb", "rgb_diff"),
+    "model.video_bottom": ("fast", "deep"),
     "model.audio": ("resnet18",),
     "model.audio_pool": ("avg", "max", "avgmax"),
     "data.augment": ("none", "strong", "strong_hue"),

@@ -19,7 +19,9 @@ def build_encoders(model: ModelConfig, n_mels: int) -> dict[str, nn.Module]:
     options: dict[str, object] = {"width": model.video_width, "video_input": model.video_input}
     if model.video == "r2plus1d_18":
         options |= {"mid_rule": model.video_mid_rule, "bn_eps": model.bn_eps}
-    elif model.video == "frame2d":
+    else:
+        options["bottom"] = model.video_bottom
+    if model.video == "frame2d":
         options["temporal_pool"] = model.video_temporal_pool
     video = build_video_encoder(model.video, **options)
     audio = build_audio_encoder(
