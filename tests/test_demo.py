@@ -1,0 +1,61 @@
+"""``xdc demo``: one family's data, pretraining, probes scored on val unless --split test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_OVERRIDES
+from xdc import cli
+from xdc.errors import ConfigError
+
+
+def _demo(out: Path, *extra: str) -> int:
+    overrides = [f"{k}={v}" for k, v in TINY_OVERRIDES.items()]
+    return cli.main(
+        ["demo", "--out", str(out), "--family", "appearance", "--classes", "2", "--per-class", "5",
+         "--methods", "supervised", "--no-progress", *extra, *overrides]
+    )  # fmt: skip
+
+
+def test_demo_scores_val_by_default_and_test_only_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert _demo(tmp_path) == 0
+    printed = capsys.readouterr().out
+    assert "appearance family, linear probe, val top-1" in printed
+    val = json.loads((tmp_path / "demo-val.json").read_text())
+    assert val["split"] == "val" and val["family"] == "appearance"
+    assert (val["train_videos"], val["val_videos"], val["test_videos"]) == (6, 2, 2)
+    assert set(val["linear_probe_top1"]) == {"random", "supervised"}
+    assert not (tmp_path / "demo-test.json").exists()
+    mtime = (tmp_path / "seed0" / "supervised" / "checkpoint.pt").stat().st_mtime
+    # The test split reuses the finished runs: only the probes run again.
+    assert _demo(tmp_path, "--split", "test") == 0
+    assert "test top-1" in capsys.readouterr().out
+    assert json.loads((tmp_path / "demo-test.json").read_text())["split"] == "test"
+    assert (tmp_path / "seed0" / "supervised" / "checkpoint.pt").stat().st_mtime == mtime
+
+
+def test_demo_refuses_other_data_in_its_folder_and_bad_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from xdc.demo import run_demo
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "manifest.csv").write_text("path,label,split\n")
+    (data / "demo-data.json").write_text(
+        json.dumps({"family": "motion", "classes": 2, "per_class": 5, "seed": 0})
+    )
+    with pytest.raises(ConfigError, match="family motion"):
+        run_demo(tmp_path, classes=2, per_class=5, family="digits", progress=False)
+    for flags, named in [
+        (["--split", "train"], "--split"),
+        (["--family", "cartoons"], "--family"),
+        (["--methods", "xdc,simclr"], "--methods"),
+    ]:
+        assert _demo(tmp_path / "other", *flags) == 2
+        assert named in capsys.readouterr().err
