@@ -213,3 +213,29 @@ def test_learning_rate_warms_up_then_keeps_its_peak_for_the_last_iteration() -> 
     assert lr_at(0, 0.5, cosine) == pytest.approx(0.05, abs=1e-3)
     last = [lr_at(2, e, cosine) for e in (0.0, 2.0, 3.99)]
     assert last[0] < 0.035 and last[0] > last[1] > last[2] >= 0.0  # under a third of the peak
+
+
+def test_clustering_on_averaged_augmented_views(demo_manifest: Path, tmp_path: Path) -> None:
+    """cluster.views=3: each video's feature is the mean over 3 augmented training-style clips,
+    one per video and not the first view alone; a run clusters them."""
+    import dataclasses
+
+    from xdc.run import open_run
+    from xdc.training import _averaged_views, build_model
+
+    config = tiny_config("xdc", cluster__views=3, data__augment="strong_hue")
+    run = open_run(config, demo_manifest, tmp_path / "views", "train", "cpu", progress=False)
+    model = build_model(config, run.method, run.num_labels, run.device)
+    encoders = {m: model.encoders[m].eval() for m in ("video", "audio")}
+    rows = list(run.train_set.rows)
+    averaged = _averaged_views(encoders, rows, run, seed=5)
+    assert sorted(averaged.rows.tolist()) == sorted(rows)
+    one = dataclasses.replace(run, config=tiny_config("xdc", data__augment="strong_hue"))
+    one.view_set = run.view_set
+    first = _averaged_views(encoders, rows, one, seed=5)
+    assert first.features["video"].shape == averaged.features["video"].shape
+    assert not torch.allclose(first.features["video"], averaged.features["video"])
+    pretrain(config, demo_manifest, tmp_path / "run", progress=False)
+    assert [r for r in read_metrics(tmp_path / "run") if r.get("event") == "cluster"]
+    with pytest.raises(ConfigError, match="cluster.views"):
+        tiny_config("xdc", cluster__views=0)

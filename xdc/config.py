@@ -114,6 +114,11 @@ class ClusterConfig:
     """Lloyd iterations per clustering [U]."""
     bn_recalibration_clips: int = 512
     """Clips used to recompute BatchNorm statistics before extracting features (0 = off)."""
+    views: int = 1
+    """Clips per video whose features are averaged before clustering: 1 = the fixed centre clip;
+    V > 1 = V clips drawn and augmented as in training (start, crop, flip, colour, SpecAugment),
+    so that what the augmentation changes — colour, position, timing — is averaged out of the
+    clustered features and the clusters follow it less (V× the extraction time)."""
 
 
 @dataclass(frozen=True)
@@ -342,6 +347,7 @@ def validate(config: PretrainConfig) -> None:
         _check(value == 0 or value >= 2, f"cluster.{name}", "must be 0 (= cluster.k) or >= 2")
     _check(c.pca_dim >= 0, "cluster.pca_dim", "must be >= 0 (0 = no PCA)")
     _check(c.kmeans_iters >= 1, "cluster.kmeans_iters", "must be >= 1")
+    _check(c.views >= 1, "cluster.views", "must be >= 1 (1 = the centre clip only)")
     _check(t.iterations >= 1, "train.iterations", "must be >= 1")
     _check(t.max_epochs >= 1, "train.max_epochs", "must be >= 1")
     _check(t.patience >= 0, "train.patience", "must be >= 0")

@@ -43,6 +43,7 @@ class RunContext:
     clips_per_epoch: int
     num_labels: int
     failures: set[str] = field(default_factory=set)
+    view_set: ClipDataset | None = None  # training-style clips without replacement (cluster.views)
 
     def say(self, message: str) -> None:
         """Print on the main process only."""
@@ -129,6 +130,11 @@ def open_run(
         per_epoch,
         num_labels,
     )
+    if config.cluster.views > 1:
+        ctx.view_set = ClipDataset(
+            manifest, config.data, train=True, modalities=MODALITIES, replace_failed=False
+        )
+        ctx.view_set.cache = eval_set.cache
     if train_set.excluded_no_audio:
         ctx.say(f"note: {train_set.excluded_no_audio} videos without audio are excluded")
     if train_set.excluded_no_video:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from xdc import distributed as dist
 from xdc.checkpoint import CHECKPOINT_NAME
 from xdc.config import PretrainConfig, TrainConfig
-from xdc.data.datasets import epoch_keys, fixed_keys
+from xdc.data.datasets import ClipKey, epoch_keys, fixed_keys
 from xdc.deep_clustering import (
     DeepClusteringModel,
     build_model,
@@ -161,13 +161,44 @@ def run_extraction(
             inputs = (b[m] for b in run.loader(run.eval_set, fixed_keys(subset), shard=False))
             enc = calibrated_copy(enc, inputs, run.device)
         encoders[m] = enc.eval()
-    keys = fixed_keys(rows)
-    loader = run.loader(run.eval_set, keys, contiguous=True)
-    feats = extract_features(
-        encoders, loader, run.device, progress=run.progress, total=len(loader), desc="extract"
-    )
-    run.report_failures(feats.failures)
-    return feats
+    if run.view_set is None:
+        loader = run.loader(run.eval_set, fixed_keys(rows), contiguous=True)
+        feats = extract_features(
+            encoders, loader, run.device, progress=run.progress, total=len(loader), desc="extract"
+        )
+        run.report_failures(feats.failures)
+        return feats
+    return _averaged_views(encoders, rows, run, seed)
+
+
+def _averaged_views(
+    encoders: dict[str, nn.Module], rows: list[int], run: RunContext, seed: int
+) -> ClipFeatures:
+    """``cluster.views`` training-style clips of every video, their features averaged per video.
+
+    One pass per view over the same contiguous shards, so every view of a video is on the process
+    that averages it and the result is the same for any number of processes.
+    """
+    assert run.view_set is not None
+    parts = []
+    for view in range(run.config.cluster.views):
+        seeds = np.random.default_rng([seed, 13, view]).integers(0, 2**62, size=len(rows))
+        keys = [ClipKey(int(r), int(s)) for r, s in zip(rows, seeds, strict=True)]
+        loader = run.loader(run.view_set, keys, contiguous=True)
+        part = extract_features(
+            encoders, loader, run.device, progress=run.progress, total=len(loader),
+            desc=f"extract view {view + 1}",
+        )  # fmt: skip
+        run.report_failures(part.failures)
+        parts.append(part)
+    rows_all = np.concatenate([p.rows for p in parts])
+    merged = ClipFeatures(
+        rows_all, np.zeros_like(rows_all),
+        {m: torch.cat([p.features[m] for p in parts]) for m in encoders},
+        np.concatenate([p.labels for p in parts]),
+    )  # fmt: skip
+    video_rows, pooled, labels = merged.video_level()
+    return ClipFeatures(video_rows, np.zeros_like(video_rows), pooled, labels)
 
 
 def run_iteration(
