@@ -52,7 +52,11 @@ def test_demo_refuses_other_data_in_its_folder_and_bad_flags(
     )
     with pytest.raises(ConfigError, match="family motion"):
         run_demo(tmp_path, classes=2, per_class=5, family="digits", progress=False)
+    (data / "demo-data.json").unlink()
+    with pytest.raises(ConfigError, match="demo-data.json"):
+        run_demo(tmp_path, classes=2, per_class=5, family="motion", progress=False)
     for flags, named in [
+        (["--methods", "xdc,xdc"], "--methods"),
         (["--split", "train"], "--split"),
         (["--family", "cartoons"], "--family"),
         (["--methods", "xdc,simclr"], "--methods"),

@@ -239,3 +239,17 @@ def test_clustering_on_averaged_augmented_views(demo_manifest: Path, tmp_path: P
     assert [r for r in read_metrics(tmp_path / "run") if r.get("event") == "cluster"]
     with pytest.raises(ConfigError, match="cluster.views"):
         tiny_config("xdc", cluster__views=0)
+
+
+def test_a_run_made_before_a_config_key_existed_resumes(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
+    """A saved config.json without a key added later (here cluster.views) reads as the default."""
+    out = tmp_path / "run"
+    pretrain(tiny_config("sdc"), demo_manifest, out, progress=False)
+    saved = json.loads((out / "config.json").read_text())
+    del saved["cluster"]["views"]
+    (out / "config.json").write_text(json.dumps(saved))
+    pretrain(tiny_config("sdc"), demo_manifest, out, progress=False)  # finished: says so
+    with pytest.raises(ConfigError, match="cluster.views"):
+        pretrain(tiny_config("sdc", cluster__views=2), demo_manifest, out, progress=False)

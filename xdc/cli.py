@@ -111,10 +111,10 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
         help="the end-to-end demo: demo data, XDC vs SDC vs supervised vs random, one table",
-        description="Generates the demo videos (unless OUT/data exists), pretrains XDC, SDC and a "
-        "supervised upper bound with one preset and budget, linear-probes their video and audio "
-        "encoders against a random-init lower bound, prints one table, writes "
-        "OUT/demo-<split>.json and the XDC run's report. Scores the val split unless --split "
+        description="Generates one family of demo videos in OUT/data (or reuses the same data "
+        "there), pretrains XDC, SDC and a supervised upper bound (or the --methods given) with one "
+        "preset and budget, linear-probes their video and audio encoders against a random-init "
+        "lower bound, prints one table, writes OUT/demo-<split>.json and the first method's report. Scores the val split unless --split "
         "test: choose settings on val, compute test numbers once, at the end. Re-running resumes.",
     )
     p.add_argument(
@@ -128,7 +128,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "--split", default="val", help="split the probes are scored on: val (default) or test"
     )
     p.add_argument(
-        "--methods", default="xdc,sdc,supervised", help="methods to pretrain (default all three)"
+        "--methods",
+        default="xdc,sdc,supervised",
+        help="comma-separated subset of xdc,sdc,supervised to pretrain (default all three)",
     )
     p.add_argument("--data-seed", type=int, default=0, help="seed of the demo data (default 0)")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")

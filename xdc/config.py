@@ -42,7 +42,8 @@ class ModelConfig:
     explicit and the still background cancels out; docs/presets.md measures it)."""
     video_bottom: str = "fast"
     """``mixed2d3d`` and ``frame2d``: their per-frame 2D layers, ``fast`` (3 convs and a
-    max-pool, each at a coarser scale) or ``deep`` (6 convs, from full resolution, ~3× the compute):
+    max-pool, each at a coarser scale) or ``deep`` (6 convs, from full resolution; a whole
+    ``mixed2d3d`` costs 3.6× the multiply-adds):
     recognising what an object is — a shape, a handwritten digit on a photo — needs the ``deep``
     one (docs/presets.md)."""
     audio: str = "resnet18"

@@ -117,7 +117,7 @@ def _check(family: str, split: str, methods: Sequence[str]) -> None:
     if split not in SPLITS:
         raise ConfigError(f"--split must be val or test (got {split!r})")
     unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
+    if unknown or not methods or len(set(methods)) < len(methods):
         raise ConfigError(
             f"--methods takes a comma-separated subset of {','.join(METHODS)} (got "
             f"{','.join(methods) or 'nothing'})"
@@ -128,15 +128,19 @@ def _data(manifest_path: Path, wanted: dict[str, Any], progress: bool) -> None:
     """Generate the demo data unless OUT/data holds the same family, size and seed already."""
     stamp = manifest_path.parent / "demo-data.json"
     if manifest_path.is_file():
-        if stamp.is_file():
-            found = json.loads(stamp.read_text(encoding="utf-8"))
-            if found != wanted:
-                diff = ", ".join(f"{k} {found.get(k)} (asked {v})" for k, v in wanted.items()
-                                 if found.get(k) != v)  # fmt: skip
-                raise ConfigError(
-                    f"{manifest_path.parent} holds other demo data: {diff}; use another --out "
-                    "or delete that folder"
-                )
+        found = json.loads(stamp.read_text(encoding="utf-8")) if stamp.is_file() else None
+        if found is None:
+            raise ConfigError(
+                f"{manifest_path.parent} holds data xdc demo did not make (no demo-data.json, so "
+                "its family and size are unknown); use another --out"
+            )
+        if found != wanted:
+            diff = ", ".join(f"{k} {found.get(k)} (asked {v})" for k, v in wanted.items()
+                             if found.get(k) != v)  # fmt: skip
+            raise ConfigError(
+                f"{manifest_path.parent} holds other demo data: {diff}; use another --out or "
+                "delete that folder"
+            )
         return
     print(
         f"generating {wanted['family']} demo data, {wanted['classes']} classes × "
@@ -221,6 +225,6 @@ def _write(
     (out / f"demo-{summary['split']}.json").write_text(text, encoding="utf-8")
     run = out / f"seed{seeds[0]}" / runs_of
     (run / "eval").mkdir(exist_ok=True)
-    (run / "eval" / "demo.json").write_text(text, encoding="utf-8")
+    (run / "eval" / f"demo-{summary['split']}.json").write_text(text, encoding="utf-8")
     report = write_report(run, device=device, progress=progress)
     print(f"report: {report}")

@@ -6,6 +6,7 @@ Every input is checked before any work starts; each problem is one line naming t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from xdc import distributed as dist
-from xdc.config import PretrainConfig, cluster_k, config_diff
+from xdc.config import PretrainConfig, cluster_k, config_diff, config_from_dict
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import ConfigError, DataError
@@ -167,6 +168,9 @@ def check_run_folder(out: Path, config: PretrainConfig) -> None:
     path = out / CONFIG_NAME
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
+        # Keys added to xdc after the run was made take their defaults (the behaviour it had).
+        with contextlib.suppress(ConfigError):
+            saved = config_from_dict(saved).to_dict()
         diffs = config_diff(saved, config.to_dict())
         if diffs:
             raise ConfigError(

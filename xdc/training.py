@@ -150,15 +150,23 @@ def relabel(
 def run_extraction(
     model: DeepClusteringModel, modalities: tuple[str, ...], run: RunContext, seed: int
 ) -> ClipFeatures:
-    """Features of every training video: fixed centre clip, BatchNorm recalibrated on a subset."""
+    """Features of every training video — its fixed centre clip, or the mean over
+    ``cluster.views`` augmented clips — with BatchNorm recalibrated on a subset of such clips."""
     rows = run.train_set.rows
     encoders = {}
     n_cal = min(run.config.cluster.bn_recalibration_clips, len(rows))
     for m in modalities:
         enc = model.encoders[m]
         if n_cal:
-            subset = np.random.default_rng([seed, 11]).choice(rows, n_cal, replace=False)
-            inputs = (b[m] for b in run.loader(run.eval_set, fixed_keys(subset), shard=False))
+            rng = np.random.default_rng([seed, 11])
+            subset = rng.choice(rows, n_cal, replace=False)
+            if run.view_set is None:
+                dataset, keys = run.eval_set, fixed_keys(subset)
+            else:  # the clips that are clustered are augmented: calibrate on such clips
+                seeds = rng.integers(0, 2**62, size=n_cal)
+                dataset = run.view_set
+                keys = [ClipKey(int(r), int(s)) for r, s in zip(subset, seeds, strict=True)]
+            inputs = (b[m] for b in run.loader(dataset, keys, shard=False))
             enc = calibrated_copy(enc, inputs, run.device)
         encoders[m] = enc.eval()
     if run.view_set is None:
@@ -190,7 +198,10 @@ def _averaged_views(
             desc=f"extract view {view + 1}",
         )  # fmt: skip
         run.report_failures(part.failures)
-        parts.append(part)
+        if len(part.rows):
+            parts.append(part)
+    if not parts:
+        return extract_features(encoders, [], run.device, progress=False)
     rows_all = np.concatenate([p.rows for p in parts])
     merged = ClipFeatures(
         rows_all, np.zeros_like(rows_all),

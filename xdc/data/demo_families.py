@@ -13,7 +13,7 @@ the same distributions in every class.
 |---|---|---|
 | 0-9 | circle, square, triangle, star, cross, ring, hexagon, crescent, tee, half-disc | i (270, 2290, 3010), ɪ (390, 1990, 2550), ɛ (530, 1840, 2480), æ (660, 1720, 2410), ɑ (730, 1090, 2440), ɔ (570, 840, 2410), ʊ (440, 1020, 2240), u (300, 870, 2240), ʌ (640, 1190, 2390), ɝ (490, 1350, 1690) |
 
-Video nuisances: position, path, speed, size (radius 17-28 % of the frame), orientation (±25°),
+Video nuisances: position, path, speed, size (radius 15-31 % of the frame, breathing), orientation (±25°),
 colour, background (flat, gradient, clouds, stripes), a silent distractor blob in half the clips.
 Audio nuisances: the voice — fundamental 85-300 Hz with vibrato and intonation, formants scaled by
 the speaker's vocal tract (×0.92-1.15), spectral tilt —, how many syllables and when, loudness,
@@ -324,8 +324,8 @@ def _template_cover(template: np.ndarray, lx: np.ndarray, ly: np.ndarray) -> np.
     """Bilinear ink coverage of a small scan at local coordinates in [-1, 1] (outside: 0)."""
     h, w = template.shape
     padded = np.pad(template, 1)
-    u = (lx + 1) / 2 * w + 0.5  # padded pixel coordinates, centres at i + 0.5 … + 1
-    v = (ly + 1) / 2 * h + 0.5
+    u = (lx + 1) / 2 * w + 1.0  # padded-grid coordinates: scan pixel j is centred at j + 1.5
+    v = (ly + 1) / 2 * h + 1.0
     u = np.clip(u, 0, w + 1 - 1e-6)
     v = np.clip(v, 0, h + 1 - 1e-6)
     i0, j0 = np.floor(v - 0.5).astype(int), np.floor(u - 0.5).astype(int)
