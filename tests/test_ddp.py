@@ -20,18 +20,22 @@ from xdc.training import pretrain
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("views", [1, 2])
 def test_two_process_run_equals_single_process_clustering(
-    demo_manifest: Path, tmp_path: Path
+    views: int, demo_manifest: Path, tmp_path: Path
 ) -> None:
+    """Also with cluster.views=2: each video's augmented views are averaged on one process."""
+    extra = {"cluster.views": views} | ({"data.augment": "strong_hue"} if views > 1 else {})
     single = tmp_path / "single"
-    pretrain(tiny_config("xdc"), demo_manifest, single, progress=False)
+    config = tiny_config("xdc", **{k.replace(".", "__"): v for k, v in extra.items()})
+    pretrain(config, demo_manifest, single, progress=False)
 
     ddp = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
         "-m", "xdc.cli", "pretrain", "--data", str(demo_manifest), "--out", str(ddp),
         "--method", "xdc", "--preset", "tiny", "--no-progress", "--device", "cpu",
-        *[f"{k}={v}" for k, v in TINY_OVERRIDES.items()],
+        *[f"{k}={v}" for k, v in (TINY_OVERRIDES | extra).items()],
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
