@@ -35,6 +35,7 @@ TINY_OVERRIDES = {
     "cluster.kmeans_iters": 5,
     "cluster.bn_recalibration_clips": 8,
     "train.iterations": 1,
+    "train.clips_per_epoch": 0,
     "train.max_epochs": 1,
     "train.batch_size": 4,
     "train.val_fraction": 0.2,

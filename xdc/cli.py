@@ -232,7 +232,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "--method", default=None, help="xdc (default), sdc, mdc, cdc, or supervised (upper bound)"
     )
     p.add_argument(
-        "--preset", default="tiny", help="tiny (CPU, minutes), paper-kinetics, paper-audioset"
+        "--preset",
+        default="tiny",
+        help="tiny (CPU, minutes: the demo), small (your own few hundred to few thousand videos on a CPU), paper-kinetics, paper-audioset",
     )
     p.add_argument("--split", default="train", help="manifest split to train on ('' = all rows)")
     p.add_argument(
@@ -250,7 +252,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 def _add_config(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="print the resolved config of a preset and overrides")
     p.add_argument(
-        "--preset", default=None, help="tiny, paper-kinetics, paper-audioset (default: none)"
+        "--preset", default=None, help="tiny, small, paper-kinetics, paper-audioset (default: none)"
     )
     p.add_argument("--method", default=None)
     p.add_argument("overrides", nargs="*", help="section.key=value")
