@@ -82,13 +82,14 @@ def make_pseudo_labels(
             previous=None if prev is None else prev[keep],
             labels=None if monitor is None or (monitor < 0).all() else torch.as_tensor(monitor),
         )
-        stats.update(
-            inertia=float(result.inertia),
-            empty_repaired=int(result.n_empty_repaired),
-            k=k,
-            effective_rank=rank,
-            feature_dim=int(features_in.shape[1]),
-        )
+        extra: dict[str, Any] = {
+            "inertia": float(result.inertia),
+            "empty_repaired": int(result.n_empty_repaired),
+            "k": k,
+            "effective_rank": rank,
+            "feature_dim": int(features_in.shape[1]),
+        }
+        stats.update(extra)
         out.stats[clustering.name] = stats
     return out
 
