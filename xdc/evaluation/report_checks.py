@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -29,8 +29,16 @@ from xdc.evaluation.linear_probe import probe_clip_features
 from xdc.evaluation.report_plots import esc, grid_table
 from xdc.runlog import read_metrics
 
-if TYPE_CHECKING:  # the report imports this module
-    from xdc.evaluation.report import RunContents
+
+class RunContents(Protocol):
+    """What this module reads of the report's ``RunContents`` (a protocol, so that this module
+    does not import the report, which imports it)."""
+
+    run: Path
+    config: Any
+    manifest: Manifest
+    meta: dict[str, Any]
+
 
 CACHE_NAME = "random_init_check.json"
 CLIPS = 1
