@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from xdc import seeds  # noqa: E402
 from xdc.config import build_config  # noqa: E402
 from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys  # noqa: E402
 from xdc.data.decode import clip_duration  # noqa: E402
@@ -109,7 +110,7 @@ def main() -> None:
     torch.set_num_threads(1)
     manifest = read_manifest(data / "manifest.csv")
     dataset = ClipDataset(manifest, config, train=True)
-    keys = epoch_keys(dataset.rows, args.clips, seed=0, epoch=(0,))
+    keys = epoch_keys(dataset.rows, args.clips, seeds.rng(0, "sample", 0, 0))
     print(
         f"{args.clips} clips of {config.num_frames} frames at {config.fps:g} fps, "
         f"resize {config.resize_short}, crop {config.crop_size}, audio {config.audio_frames}×{config.n_mels} "

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import tiny_config
-from xdc.config import VIDEO_MEAN, VIDEO_STD
+from xdc import seeds
 from xdc.data.datasets import (
     ClipDataset,
     ClipKey,
@@ -23,8 +23,8 @@ from xdc.data.datasets import (
 )
 from xdc.data.decode import decode_clip
 from xdc.data.manifest import read_manifest, write_manifest
-from xdc.data.transforms import normalize_video
 from xdc.errors import DataError
+from xdc.models.video import VIDEO_MEAN, VIDEO_STD, normalize_video
 from xdc.runlog import read_metrics
 from xdc.training import pretrain
 
@@ -66,9 +66,9 @@ def test_encoders_normalise_uint8_clips_with_the_kinetics_statistics() -> None:
 
 def test_loader_is_deterministic_for_a_seed_whatever_the_workers(demo_manifest: Path) -> None:
     ds = _dataset(demo_manifest)
-    keys = epoch_keys(ds.rows, 12, seed=3, epoch=(0, 1))
-    assert keys == epoch_keys(ds.rows, 12, seed=3, epoch=(0, 1))
-    assert keys != epoch_keys(ds.rows, 12, seed=3, epoch=(0, 2))
+    keys = epoch_keys(ds.rows, 12, seeds.rng(3, "sample", 0, 1))
+    assert keys == epoch_keys(ds.rows, 12, seeds.rng(3, "sample", 0, 1))
+    assert keys != epoch_keys(ds.rows, 12, seeds.rng(3, "sample", 0, 2))
     alone, pooled = _batches(ds, keys, 0), _batches(ds, keys, 2)
     for a, b in zip(alone, pooled, strict=True):
         assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])

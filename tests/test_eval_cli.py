@@ -14,12 +14,13 @@ import pytest
 import torch
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from xdc import cli
+from xdc import cli, seeds
 from xdc.checkpoint import load_checkpoint, save_checkpoint
 from xdc.data.manifest import read_manifest, write_manifest
 from xdc.evaluation.commands import EVALUATION_COMMANDS
 from xdc.evaluation.encoders import load_eval_encoders
-from xdc.evaluation.extract import EvalClips, FeatureExtractor, calibration_keys, split_rows
+from xdc.evaluation.extract import EvalClips, FeatureExtractor, split_rows
+from xdc.features import calibration_keys
 from xdc.models.audio import AudioResNet18
 from xdc.run import read_run_info
 
@@ -170,7 +171,14 @@ def test_bn_recalibration_of_random_encoders(run_copy: Path) -> None:
     assert after.shape == before.shape and not torch.allclose(after, before, atol=1e-3)
     # The first BatchNorm of the audio encoder normalises each mel band of the log-mel input:
     # its recomputed running mean is the mean of each band over the 8 calibration clips.
-    inputs = torch.cat([b["audio"] for b in reader.loader("audio", calibration_keys(train, 8))])
+    inputs = torch.cat(
+        [
+            b["audio"]
+            for b in reader.loader(
+                "audio", calibration_keys(train, 8, seeds.rng(0, "eval_calibration"))
+            )
+        ]
+    )
     assert inputs.shape[0] == 8 and calibrated.calibration_counts["audio"] == 8
     expected = inputs.mean(dim=(0, 1, 3))
     encoder, original = calibrated.calibrated("audio"), source.encoders["audio"]
@@ -184,13 +192,18 @@ def test_bn_recalibration_of_random_encoders(run_copy: Path) -> None:
 
 def test_calibration_clips_are_fixed_and_cover_the_rows() -> None:
     rows = [3, 5, 8, 13]
-    keys = calibration_keys(rows, 10)
-    assert keys == calibration_keys(rows, 10) and len(keys) == 10
+    keys = calibration_keys(rows, 10, seeds.rng(0, "eval_calibration"))
+    assert keys == calibration_keys(rows, 10, seeds.rng(0, "eval_calibration")) and len(keys) == 10
     assert {k.row for k in keys} == set(rows) and all(k.num_clips == 3 for k in keys)
     assert len(set(keys)) == 10  # distinct clips
-    many = calibration_keys(list(range(200)), 4)  # more videos than clips: centre clips of 4 videos
+    many = calibration_keys(
+        list(range(200)), 4, seeds.rng(0, "eval_calibration")
+    )  # more videos than clips: centre clips of 4 videos
     assert len({k.row for k in many}) == 4 and all(k.num_clips == 1 for k in many)
-    assert calibration_keys(rows, 0) == []
+    assert calibration_keys(rows, 0, seeds.rng(0, "eval_calibration")) == []
+    augmented = calibration_keys(rows, 6, seeds.rng(1, "calibration", 0), augmented=True)
+    assert {k.row for k in augmented} <= set(rows) and all(k.clip == -1 for k in augmented)
+    assert len({k.seed for k in augmented}) == 6  # each clip its own crop and augmentation
 
 
 def test_retrieval_command(run_copy: Path, capsys) -> None:

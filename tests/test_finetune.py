@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from xdc import cli
+from xdc import cli, optim
 from xdc.checkpoint import load_checkpoint, save_checkpoint
 from xdc.data.manifest import read_manifest, write_manifest
 from xdc.evaluation.finetune import (
     FinetuneSettings,
+    add_finetune_parser,
     finetune,
-    lr_at,
-    video_level_probabilities,
 )
-from xdc.evaluation.finetune_cli import add_finetune_parser
+from xdc.features import mean_per_video
 
 # Small and fast: decoded once into RAM, few test clips, few clips for the BatchNorm statistics.
 FAST = ("data.cache=memory",)
@@ -241,7 +240,7 @@ def test_video_level_prediction_averages_the_softmax_of_its_clips() -> None:
     # Video 7: two clips that disagree; the mean favours class 2. Video 3: one clip.
     rows = np.array([7, 3, 7])
     probs = torch.tensor([[0.6, 0.0, 0.4], [0.1, 0.8, 0.1], [0.0, 0.2, 0.8]])
-    videos, mean = video_level_probabilities(rows, probs)
+    videos, mean = mean_per_video(rows, probs)
     assert videos.tolist() == [3, 7]
     assert torch.allclose(mean, torch.tensor([[0.1, 0.8, 0.1], [0.3, 0.1, 0.6]]))
     assert mean.argmax(1).tolist() == [1, 2]  # a per-clip majority vote could not decide video 7
@@ -249,11 +248,15 @@ def test_video_level_prediction_averages_the_softmax_of_its_clips() -> None:
 
 def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
     cosine = FinetuneSettings(epochs=10, lr=0.1, warmup_epochs=2, lr_min=0.001)
-    assert lr_at(1.0, cosine) == pytest.approx(0.05) and lr_at(2.0, cosine) == pytest.approx(0.1)
-    assert lr_at(10.0, cosine) == pytest.approx(0.001)
-    assert lr_at(4.0, cosine) > lr_at(6.0, cosine) > lr_at(8.0, cosine)
+    assert optim.lr_at(1.0, 10, cosine) == pytest.approx(0.05) and optim.lr_at(
+        2.0, 10, cosine
+    ) == pytest.approx(0.1)
+    assert optim.lr_at(10.0, 10, cosine) == pytest.approx(0.001)
+    assert (
+        optim.lr_at(4.0, 10, cosine) > optim.lr_at(6.0, 10, cosine) > optim.lr_at(8.0, 10, cosine)
+    )
     step = FinetuneSettings(epochs=10, lr=0.1, warmup_epochs=0, schedule="step", step_epochs=(4, 8))
-    assert [round(lr_at(e, step), 6) for e in (0.5, 5, 9)] == [0.1, 0.01, 0.001]
+    assert [round(optim.lr_at(e, 10, step), 6) for e in (0.5, 5, 9)] == [0.1, 0.01, 0.001]
 
 
 def _no_labels(demo: Path, tmp: Path, run: Path) -> list[str]:

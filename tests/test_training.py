@@ -22,7 +22,7 @@ from xdc.errors import ConfigError
 from xdc.methods import METHODS, get_method
 from xdc.pseudolabels import balanced_weights, make_pseudo_labels
 from xdc.runlog import read_metrics
-from xdc.training import lr_at, pretrain
+from xdc.training import pretrain, pretraining_lr
 
 
 def _planted_features(
@@ -207,11 +207,12 @@ def test_learning_rate_warms_up_then_keeps_its_peak_for_the_last_iteration() -> 
     """The default is constant: the last iteration, with the best pseudo-labels, trains at the peak
     rate; ``cosine`` spends the rate over the whole run and leaves that iteration little."""
     constant = TrainConfig(iterations=3, max_epochs=4, lr=0.1, warmup_epochs=1.0)
-    assert lr_at(0, 0.5, constant) == pytest.approx(0.05, abs=1e-3)
-    assert [lr_at(i, e, constant) for i, e in ((0, 1.0), (1, 2.0), (2, 3.99))] == [0.1] * 3
+    assert pretraining_lr(0, 0, 0, 1, constant) == pytest.approx(0.05)  # mid-step of 1 step
+    assert pretraining_lr(0, 0, 0, 100, constant) == pytest.approx(0.0005)  # never 0
+    assert [pretraining_lr(i, e, 0, 1, constant) for i, e in ((0, 1), (1, 2), (2, 3))] == [0.1] * 3
     cosine = TrainConfig(iterations=3, max_epochs=4, lr=0.1, warmup_epochs=1.0, schedule="cosine")
-    assert lr_at(0, 0.5, cosine) == pytest.approx(0.05, abs=1e-3)
-    last = [lr_at(2, e, cosine) for e in (0.0, 2.0, 3.99)]
+    assert pretraining_lr(0, 0, 0, 1, cosine) == pytest.approx(0.05)
+    last = [pretraining_lr(2, e, s, 10, cosine) for e, s in ((0, 0), (2, 0), (3, 9))]
     assert last[0] < 0.035 and last[0] > last[1] > last[2] >= 0.0  # under a third of the peak
 
 
@@ -228,11 +229,11 @@ def test_clustering_on_averaged_augmented_views(demo_manifest: Path, tmp_path: P
     model = build_model(config, run.method, run.num_labels, run.device)
     encoders = {m: model.encoders[m].eval() for m in ("video", "audio")}
     rows = list(run.train_set.rows)
-    averaged = _averaged_views(encoders, rows, run, seed=5)
+    averaged = _averaged_views(encoders, rows, run, iteration=5)
     assert sorted(averaged.rows.tolist()) == sorted(rows)
     one = dataclasses.replace(run, config=tiny_config("xdc", data__augment="strong_hue"))
     one.view_set = run.view_set
-    first = _averaged_views(encoders, rows, one, seed=5)
+    first = _averaged_views(encoders, rows, one, iteration=5)
     assert first.features["video"].shape == averaged.features["video"].shape
     assert not torch.allclose(first.features["video"], averaged.features["video"])
     pretrain(config, demo_manifest, tmp_path / "run", progress=False)

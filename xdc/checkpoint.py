@@ -8,13 +8,12 @@ folder, are flushed to disk, then renamed over the old file: a crash leaves the 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from xdc.atomic import atomic_file
 from xdc.errors import CheckpointError
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -23,19 +22,9 @@ FORMAT_VERSION = 1
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Atomically write ``state`` to ``path`` (temporary file + fsync + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path, binary=True) as fh:
+        torch.save({"format_version": FORMAT_VERSION, **state}, fh)
+    return Path(path)
 
 
 def resolve_checkpoint(run_or_file: str | Path) -> Path:

@@ -10,8 +10,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from xdc.errors import XdcError
+
+if TYPE_CHECKING:
+    from xdc.evaluation.cli_shared import Subcommands
 
 
 def cmd_demo_data(
@@ -57,11 +61,15 @@ def cmd_pretrain(
     progress: bool = True,
 ) -> int:
     """Pretrain both encoders by deep clustering; resumes automatically."""
+    from xdc import distributed
     from xdc.config import build_config
     from xdc.training import pretrain
 
     config = build_config(preset, overrides, method=method)
-    pretrain(config, data, out, split=split or None, device=device, progress=progress)
+    try:
+        pretrain(config, data, out, split=split or None, device=device, progress=progress)
+    finally:
+        distributed.cleanup()  # the process group pretraining joined under torchrun
     return 0
 
 
@@ -107,7 +115,7 @@ def cmd_demo(
     return 0
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
+def _add_demo(sub: Subcommands) -> None:
     p = sub.add_parser(
         "demo",
         help="the end-to-end demo: demo data, XDC vs SDC vs supervised vs random, one table",
@@ -167,7 +175,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_demo_data(sub: argparse._SubParsersAction) -> None:
+def _add_demo_data(sub: Subcommands) -> None:
     p = sub.add_parser("demo-data", help="generate the procedural demo videos with sound")
     p.add_argument("out", help="output folder: OUT/<class>/<id>.mp4 and OUT/manifest.csv")
     p.add_argument(
@@ -195,7 +203,7 @@ def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
 
 
-def _add_index(sub: argparse._SubParsersAction) -> None:
+def _add_index(sub: Subcommands) -> None:
     p = sub.add_parser("index", help="probe video files into a manifest CSV")
     p.add_argument(
         "source", help="a folder (labels from parent folder names) or a CSV with a 'path' column"
@@ -215,7 +223,7 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+def _add_pretrain(sub: Subcommands) -> None:
     p = sub.add_parser(
         "pretrain",
         help="pretrain video and audio encoders (XDC, SDC, MDC, CDC)",
@@ -249,7 +257,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_config(sub: argparse._SubParsersAction) -> None:
+def _add_config(sub: Subcommands) -> None:
     p = sub.add_parser("config", help="print the resolved config of a preset and overrides")
     p.add_argument(
         "--preset", default=None, help="tiny, small, paper-kinetics, paper-audioset (default: none)"
@@ -259,15 +267,15 @@ def _add_config(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=lambda a: cmd_config(a.preset, a.method, a.overrides))
 
 
-def _evaluation_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+def _evaluation_commands() -> list[Callable[[Subcommands], None]]:
     from xdc.evaluation.commands import EVALUATION_COMMANDS
-    from xdc.evaluation.finetune_cli import add_finetune_parser
+    from xdc.evaluation.finetune import add_finetune_parser
     from xdc.evaluation.report import add_report_parser
 
     return [*EVALUATION_COMMANDS, add_finetune_parser, add_report_parser]
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_demo,
     _add_demo_data,
     _add_index,

@@ -8,6 +8,7 @@ import math
 import numpy as np
 from torch import Tensor
 
+from xdc import seeds
 from xdc.errors import ConfigError
 
 
@@ -52,7 +53,7 @@ def cluster_statistics(
         "size_entropy": entropy / math.log(k) if k > 1 else 1.0,
         "largest_fraction": float(sizes.max() / n) if ids.size else 0.0,
     }
-    rng = np.random.default_rng(seed)
+    rng = seeds.rng(seed, "chance_nmi")
     if previous is not None:
         before = _as_int_array(previous, "previous", ids.size)
         stats["nmi_previous"] = float(normalized_mutual_info_score(before, ids))

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xdc import distributed as xdist
+from xdc import seeds
 from xdc.cluster_metrics import cluster_statistics
 from xdc.errors import ConfigError, DataError
 from xdc.preprocess import FeaturePreprocessor
@@ -125,7 +126,7 @@ def kmeans(
             if not bool(torch.isfinite(centroids).all()):
                 raise ConfigError("init (initial centroids) contains NaN or Inf values")
         data_rms = math.sqrt(sq_norm_sum / (n_total * dim))
-        split_generator = torch.Generator().manual_seed(seed)
+        split_generator = seeds.torch_generator(seed, "kmeans_split")
         assignments = torch.empty(n_local, dtype=torch.int64, device=x.device)
         n_repaired = 0
         for it in range(n_iter):
@@ -230,7 +231,7 @@ def _default_chunk_size(x: Tensor, k: int) -> int:
 
 def _random_points(x: Tensor, k: int, seed: int, n_total: int, offset: int) -> Tensor:
     """``(k, D)`` distinct points chosen by global index; each rank fills in the rows it holds."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeds.torch_generator(seed, "kmeans_init")
     chosen = torch.randperm(n_total, generator=generator)[:k].to(x.device)
     local = (chosen >= offset) & (chosen < offset + x.shape[0])
     centroids = torch.zeros(k, x.shape[1], dtype=torch.float32, device=x.device)
@@ -246,7 +247,7 @@ def _plusplus_points(x: Tensor, k: int, seed: int, n_total: int, offset: int) ->
     The sample is chosen by global index, gathered in rank order (= global order), so every rank
     and a single process on the same data pick the same centroids.
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeds.torch_generator(seed, "kmeans_init")
     size = min(n_total, max(2048, PLUSPLUS_SAMPLE_PER_CLUSTER * k))
     chosen = torch.randperm(n_total, generator=generator)[:size].sort().values.to(x.device)
     local = chosen[(chosen >= offset) & (chosen < offset + x.shape[0])] - offset

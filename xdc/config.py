@@ -21,9 +21,6 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from xdc.errors import ConfigError
 from xdc.presets import PRESETS
 
-VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # [V] Kinetics statistics used by the XDC release
-VIDEO_STD = (0.22803, 0.22145, 0.216989)
-
 
 @dataclass(frozen=True)
 class ModelConfig:

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from xdc import distributed as dist
+from xdc import seeds
 from xdc.config import PretrainConfig, cluster_k
 from xdc.encoders import build_encoders
 from xdc.methods import LABELS, Method
@@ -49,21 +50,23 @@ def build_model(
     config: PretrainConfig, method: Method, num_labels: int, device: torch.device
 ) -> DeepClusteringModel:
     """Encoders initialised from ``train.seed``, heads sized by the method's clusterings."""
-    torch.manual_seed(config.train.seed)
-    encoders = build_encoders(config.model, config.data.n_mels)
     sizes = {
         c.name: num_labels if c.name == LABELS else cluster_k(config.cluster, c.name)
         for c in method.clusterings
     }
-    return DeepClusteringModel(encoders, method, sizes).to(device)
+    with seeds.torch_global(config.train.seed, "init"):
+        encoders = build_encoders(config.model, config.data.n_mels)
+        model = DeepClusteringModel(encoders, method, sizes)
+    return model.to(device)
 
 
-def reset_heads(model: DeepClusteringModel, optimizer: torch.optim.Optimizer, seed: int) -> None:
+def reset_heads(
+    model: DeepClusteringModel, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> None:
     """DeepCluster's re-initialisation: N(0, 0.01) weights, zero bias, no momentum carried over."""
-    gen = torch.Generator().manual_seed(seed)
     for head in model.heads.values():
         assert isinstance(head, ClassifierHead)
-        head.reset_parameters(generator=gen)
+        head.reset_parameters(generator=generator)
         for p in head.parameters():
             optimizer.state.pop(p, None)
 

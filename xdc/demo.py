@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from xdc import atomic
 from xdc.config import build_config
 from xdc.data.demo import FAMILIES, generate_demo_data
 from xdc.data.manifest import read_manifest
@@ -31,6 +32,7 @@ from xdc.errors import ConfigError
 from xdc.evaluation.encoders import load_eval_encoders
 from xdc.evaluation.extract import extract_splits
 from xdc.evaluation.linear_probe import probe_clip_features
+from xdc.methods import MODALITIES
 from xdc.training import pretrain
 
 METHODS = ("xdc", "sdc", "supervised")
@@ -40,7 +42,6 @@ ROWS = (
     ("xdc", "XDC (cross-modal)"),
     ("supervised", "supervised (upper bound)"),
 )
-MODALITIES = ("video", "audio")
 SPLITS = ("val", "test")
 
 
@@ -150,7 +151,7 @@ def _data(manifest_path: Path, wanted: dict[str, Any], progress: bool) -> None:
         manifest_path.parent, classes=wanted["classes"], per_class=wanted["per_class"],
         seed=wanted["seed"], family=wanted["family"], progress=progress,
     )  # fmt: skip
-    stamp.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
+    atomic.write_text(stamp, json.dumps(wanted) + "\n")
 
 
 def _summary(
@@ -222,9 +223,9 @@ def _write(
     from xdc.evaluation.report import write_report
 
     text = json.dumps(summary, indent=2) + "\n"
-    (out / f"demo-{summary['split']}.json").write_text(text, encoding="utf-8")
+    atomic.write_text(out / f"demo-{summary['split']}.json", text)
     run = out / f"seed{seeds[0]}" / runs_of
     (run / "eval").mkdir(exist_ok=True)
-    (run / "eval" / f"demo-{summary['split']}.json").write_text(text, encoding="utf-8")
+    atomic.write_text(run / "eval" / f"demo-{summary['split']}.json", text)
     report = write_report(run, device=device, progress=progress)
     print(f"report: {report}")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xdc import atomic
 from xdc.methods import LABELS, Method
 from xdc.runlog import RunLog, read_metrics
 
@@ -323,9 +323,7 @@ def sync_warnings(run_log: RunLog) -> list[dict[str, Any]]:
     if not items:
         path.unlink(missing_ok=True)
         return items
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(items, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_json(path, items)
     return items
 
 

@@ -9,15 +9,12 @@ tensors with the gloo backend, CUDA tensors with nccl.
 from __future__ import annotations
 
 import os
-from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from xdc.errors import ConfigError
-
-T = TypeVar("T")
 
 _REQUIRED_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -122,15 +119,6 @@ def all_gather_varlen(t: Tensor) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)], dim=0)
-
-
-def broadcast_object(obj: T, src: int = 0) -> T:
-    """Rank ``src``'s picklable ``obj`` on every rank (``obj`` itself when not distributed)."""
-    if not is_distributed():
-        return obj
-    box: list[Any] = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def barrier() -> None:

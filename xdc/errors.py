@@ -29,5 +29,9 @@ class DecodeError(XdcError):
         self.reason = reason
 
 
+class TrainingDiverged(XdcError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
 class CheckpointError(XdcError):
     """A checkpoint or weight file is missing, corrupt, tampered with or of another architecture."""

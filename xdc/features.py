@@ -9,13 +9,16 @@ encoder once its statistics were recomputed on the training clips).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
+
+from xdc.data.datasets import ClipKey, fixed_keys
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -66,16 +69,29 @@ class ClipFeatures:
     def video_level(self) -> tuple[np.ndarray, dict[str, Tensor], np.ndarray]:
         """Average the clips of each video: (rows, {modality: (V, D)}, labels)."""
         unique, inverse = np.unique(self.rows, return_inverse=True)
-        index = torch.from_numpy(inverse)
-        counts = torch.bincount(index, minlength=len(unique)).clamp_(min=1).unsqueeze(1)
-        pooled = {}
-        for name, feats in self.features.items():
-            total = torch.zeros(len(unique), feats.shape[1], dtype=feats.dtype)
-            total.index_add_(0, index, feats)
-            pooled[name] = total / counts
+        pooled = {name: mean_per_video(self.rows, f)[1] for name, f in self.features.items()}
         labels = np.zeros(len(unique), dtype=np.int64)
         labels[inverse] = self.labels
         return unique, pooled, labels
+
+
+def mean_per_video(rows: np.ndarray, values: Tensor | np.ndarray) -> tuple[np.ndarray, Tensor]:
+    """Average the rows of ``values`` that belong to one video (features, class probabilities).
+
+    Args:
+        rows: (N,) the video (manifest row) of each entry, in any order.
+        values: (N, D) one vector per entry.
+
+    Returns:
+        (V,) the distinct videos, sorted, and (V, D) the mean of their entries (``values``' dtype).
+    """
+    unique, inverse = np.unique(np.asarray(rows), return_inverse=True)
+    index = torch.from_numpy(inverse.reshape(-1)).long()
+    values = torch.as_tensor(values)
+    total = torch.zeros(len(unique), values.shape[1], dtype=values.dtype)
+    total.index_add_(0, index, values)
+    counts = torch.bincount(index, minlength=len(unique)).to(values.dtype).unsqueeze(1)
+    return unique, total / counts.clamp_(min=1)
 
 
 @torch.no_grad()
@@ -121,6 +137,31 @@ def extract_features(
         labels=np.concatenate(labels).astype(np.int64),
         failures=failures,
     )
+
+
+def calibration_keys(
+    rows: Sequence[int] | np.ndarray,
+    num_clips: int,
+    rng: np.random.Generator,
+    augmented: bool = False,
+) -> list[ClipKey]:
+    """``num_clips`` clips of ``rows`` to recompute BatchNorm statistics on, in a shuffled order.
+
+    Each video contributes ``ceil(num_clips / len(rows))`` uniformly spaced clips (one, the
+    centre clip, when there are enough videos), then ``num_clips`` of them are drawn with ``rng``
+    (a stream of ``xdc.seeds``). Shuffled, so that each batch is a sample of the whole set rather
+    than the clips of a few videos. ``augmented``: training-style clips (random start, crop and
+    augmentation seeded per clip) of the same videos, for encoders that will see such clips.
+    """
+    rows = [int(r) for r in rows]
+    if num_clips <= 0 or not rows:
+        return []
+    keys = fixed_keys(rows, math.ceil(num_clips / len(rows)))
+    chosen = [keys[i] for i in rng.permutation(len(keys))[:num_clips]]
+    if not augmented:
+        return chosen
+    clip_seeds = rng.integers(0, 2**62, size=len(chosen))
+    return [ClipKey(k.row, int(s)) for k, s in zip(chosen, clip_seeds, strict=True)]
 
 
 def calibrated_copy(

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xdc import distributed as dist
+from xdc import seeds
 from xdc.clustering import FeaturePreprocessor, cluster_statistics, kmeans
 from xdc.config import ClusterConfig, cluster_k
 from xdc.diagnostics import feature_rank_of
@@ -35,6 +36,7 @@ def make_pseudo_labels(
     n_rows: int,
     config: ClusterConfig,
     seed: int,
+    iteration: int = 0,
     previous: dict[str, Tensor] | None = None,
     true_labels: np.ndarray | None = None,
 ) -> PseudoLabels:
@@ -43,6 +45,7 @@ def make_pseudo_labels(
     In a distributed run each process passes its own shard; k-means and the preprocessing reduce
     across processes, and the returned labels cover every row on every process.
     ``true_labels`` (all rows) feed the monitoring statistics and the ``supervised`` method.
+    The k-means of clustering ``c`` uses stream ``(seed, "kmeans", iteration, c)``.
     """
     out = PseudoLabels(labels={})
     for c_index, clustering in enumerate(method.clusterings):
@@ -66,7 +69,12 @@ def make_pseudo_labels(
             pre.fit(features_in)
         rank = feature_rank_of(pre.spectrum)
         k = cluster_k(config, clustering.name)
-        result = kmeans(x, k, n_iter=config.kmeans_iters, seed=seed * 1000 + c_index)
+        result = kmeans(
+            x,
+            k,
+            n_iter=config.kmeans_iters,
+            seed=seeds.int_seed(seed, "kmeans", iteration, c_index),
+        )
         full = torch.full((n_rows,), -1, dtype=torch.int64)
         all_rows = dist.all_gather_varlen(torch.as_tensor(rows, dtype=torch.int64))
         all_assign = dist.all_gather_varlen(result.assignments.cpu())

@@ -10,13 +10,14 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from xdc import atomic, optim
 from xdc import distributed as dist
 from xdc.config import PretrainConfig, cluster_k, config_diff, config_from_dict
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader
@@ -112,11 +113,7 @@ def open_run(
         write_run_info(out, manifest, split)
     if config.data.cache == "memory":
         eval_set.cache = train_set.build_cache(progress and dist.is_main())
-    amp_dtype = None
-    if dev.type == "cuda" and config.train.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if config.train.deterministic:
-        torch.use_deterministic_algorithms(True)
+    amp_dtype = optim.amp_dtype(dev, config.train.amp)
     per_epoch = config.train.clips_per_epoch or n_videos * config.data.clips_per_video
     ctx = RunContext(
         config,
@@ -184,7 +181,7 @@ def check_run_folder(out: Path, config: PretrainConfig) -> None:
         )
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(config.to_json() + "\n", encoding="utf-8")
+        atomic.write_text(path, config.to_json() + "\n")
 
 
 def write_run_info(out: Path, manifest: Manifest, split: str | None) -> None:
@@ -196,7 +193,7 @@ def write_run_info(out: Path, manifest: Manifest, split: str | None) -> None:
         "num_videos": len(manifest),
         "label_names": list(manifest.label_names),
     }
-    (out / RUN_INFO_NAME).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    atomic.write_json(out / RUN_INFO_NAME, info)
 
 
 def read_run_info(run: str | Path) -> dict:
@@ -220,3 +217,19 @@ def resolve_device(device: str | None) -> torch.device:
             f"--device {device}: CUDA is not available on this machine; use --device cpu"
         )
     return dev
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(True)`` for the block when ``enabled``; the previous
+    setting is restored afterwards, also on errors."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)

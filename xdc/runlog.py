@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from xdc import atomic
+
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -53,9 +55,7 @@ class RunLog:
         with self.path.open(encoding="utf-8") as fh:
             lines = [line for line in fh if line.strip()]
         if len(lines) > seq:
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(lines[:seq]), encoding="utf-8")
-            tmp.replace(self.path)
+            atomic.write_text(self.path, "".join(lines[:seq]))
         self.seq = min(seq, len(lines))
 
     def close(self) -> None:

@@ -14,9 +14,9 @@ checkpoint replays exactly what an uninterrupted run would have done.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from xdc import distributed as dist
+from xdc import optim, seeds
 from xdc.checkpoint import CHECKPOINT_NAME
 from xdc.config import PretrainConfig, TrainConfig
 from xdc.data.datasets import ClipKey, epoch_keys, fixed_keys
@@ -39,17 +40,13 @@ from xdc.deep_clustering import (
     wrap_distributed,
 )
 from xdc.diagnostics import sync_warnings, warn_after_clustering, warn_after_iteration
-from xdc.errors import XdcError
-from xdc.features import ClipFeatures, calibrated_copy, extract_features
+from xdc.errors import TrainingDiverged
+from xdc.features import ClipFeatures, calibrated_copy, calibration_keys, extract_features
 from xdc.loop_state import LoopState, checkpoint, restore
 from xdc.methods import MODALITIES, Method, get_method
 from xdc.pseudolabels import PseudoLabels, balanced_weights, format_stats, make_pseudo_labels
-from xdc.run import RunContext, open_run
+from xdc.run import RunContext, deterministic_algorithms, open_run
 from xdc.runlog import RunLog
-
-
-class TrainingDiverged(XdcError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def pretrain(
@@ -65,9 +62,18 @@ def pretrain(
     Resumes automatically from ``out/checkpoint.pt``; a finished run returns at once.
     """
     run = open_run(config, data, out, split, device, progress)
+    with deterministic_algorithms(config.train.deterministic):
+        return _pretrain(run)
+
+
+def _pretrain(run: RunContext) -> LoopState:
+    config = run.config
     method = get_method(config.method)
     model = build_model(config, method, run.num_labels, run.device)
-    optimizer, scaler = build_optimizer(config.train, model, run)
+    optimizer, scaler = (
+        optim.sgd(model.parameters(), config.train),
+        optim.grad_scaler(run.amp_dtype),
+    )
     state = LoopState()
     ckpt_path = run.out / CHECKPOINT_NAME
     if ckpt_path.is_file():
@@ -94,16 +100,6 @@ def pretrain(
     return state
 
 
-def build_optimizer(
-    t: TrainConfig, model: nn.Module, run: RunContext
-) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
-    """SGD with momentum and weight decay, and the grad scaler of fp16 autocast (off otherwise)."""
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
-    )
-    return optimizer, torch.amp.GradScaler("cuda", enabled=run.amp_dtype == torch.float16)
-
-
 def relabel(
     state: LoopState,
     model: DeepClusteringModel,
@@ -114,10 +110,10 @@ def relabel(
 ) -> None:
     """Extract features, cluster, re-initialise the heads and choose the held-out slice."""
     cfg = run.config
-    it_seed = cfg.train.seed * 100_003 + state.iteration
+    seed, it = cfg.train.seed, state.iteration
     features = None
     if method.feature_modalities:
-        features = run_extraction(model, method.feature_modalities, run, it_seed)
+        features = run_extraction(model, method.feature_modalities, run, it)
     rows = features.rows if features is not None else np.asarray(run.train_set.rows)
     feats = features.features if features is not None else {}
     result: PseudoLabels = make_pseudo_labels(
@@ -126,15 +122,16 @@ def relabel(
         rows,
         len(run.manifest),
         cfg.cluster,
-        it_seed,
+        seed,
+        it,
         previous=state.labels or None,
         true_labels=np.asarray(run.manifest.labels()),
     )
     state.labels, state.centroids = result.labels, result.centroids
     if not method.uses_labels:
-        reset_heads(model, optimizer, it_seed)
+        reset_heads(model, optimizer, seeds.torch_generator(seed, "heads", it))
     labelled = [r for r in run.train_set.rows if all(int(v[r]) >= 0 for v in state.labels.values())]
-    rng = np.random.default_rng([cfg.train.seed, state.iteration, 7])
+    rng = seeds.rng(seed, "heldout", it)
     n_val = int(round(cfg.train.val_fraction * len(labelled)))
     state.val_rows = torch.as_tensor(
         np.sort(rng.choice(labelled, n_val, replace=False)), dtype=torch.int64
@@ -148,7 +145,7 @@ def relabel(
 
 
 def run_extraction(
-    model: DeepClusteringModel, modalities: tuple[str, ...], run: RunContext, seed: int
+    model: DeepClusteringModel, modalities: tuple[str, ...], run: RunContext, iteration: int
 ) -> ClipFeatures:
     """Features of every training video — its fixed centre clip, or the mean over
     ``cluster.views`` augmented clips — with BatchNorm recalibrated on a subset of such clips."""
@@ -158,16 +155,14 @@ def run_extraction(
     for m in modalities:
         enc = model.encoders[m]
         if n_cal:
-            rng = np.random.default_rng([seed, 11])
-            subset = rng.choice(rows, n_cal, replace=False)
-            if run.view_set is None:
-                dataset, keys = run.eval_set, fixed_keys(subset)
-            else:  # the clips that are clustered are augmented: calibrate on such clips
-                seeds = rng.integers(0, 2**62, size=n_cal)
-                dataset = run.view_set
-                keys = [ClipKey(int(r), int(s)) for r, s in zip(subset, seeds, strict=True)]
-            inputs = (b[m] for b in run.loader(dataset, keys, shard=False))
-            enc = calibrated_copy(enc, inputs, run.device)
+            # the clips that are clustered are augmented when views > 1: calibrate on such clips
+            augmented = run.view_set is not None
+            dataset = run.view_set if run.view_set is not None else run.eval_set
+            rng = seeds.rng(run.config.train.seed, "calibration", iteration)
+            keys = calibration_keys(rows, n_cal, rng, augmented)
+            enc = calibrated_copy(
+                enc, _reported(run.loader(dataset, keys, shard=False), m, run), run.device
+            )
         encoders[m] = enc.eval()
     if run.view_set is None:
         loader = run.loader(run.eval_set, fixed_keys(rows), contiguous=True)
@@ -176,11 +171,20 @@ def run_extraction(
         )
         run.report_failures(feats.failures)
         return feats
-    return _averaged_views(encoders, rows, run, seed)
+    return _averaged_views(encoders, rows, run, iteration)
+
+
+def _reported(
+    batches: Iterable[dict[str, Any]], modality: str, run: RunContext
+) -> Iterator[Tensor]:
+    """The ``modality`` inputs of ``batches``, their decoding failures reported to the run."""
+    for batch in batches:
+        run.report_failures(batch["failures"])
+        yield batch[modality]
 
 
 def _averaged_views(
-    encoders: dict[str, nn.Module], rows: list[int], run: RunContext, seed: int
+    encoders: dict[str, nn.Module], rows: list[int], run: RunContext, iteration: int
 ) -> ClipFeatures:
     """``cluster.views`` training-style clips of every video, their features averaged per video.
 
@@ -190,8 +194,9 @@ def _averaged_views(
     assert run.view_set is not None
     parts = []
     for view in range(run.config.cluster.views):
-        seeds = np.random.default_rng([seed, 13, view]).integers(0, 2**62, size=len(rows))
-        keys = [ClipKey(int(r), int(s)) for r, s in zip(rows, seeds, strict=True)]
+        rng = seeds.rng(run.config.train.seed, "views", iteration, view)
+        clip_seeds = rng.integers(0, 2**62, size=len(rows))
+        keys = [ClipKey(int(r), int(s)) for r, s in zip(rows, clip_seeds, strict=True)]
         loader = run.loader(run.view_set, keys, contiguous=True)
         part = extract_features(
             encoders, loader, run.device, progress=run.progress, total=len(loader),
@@ -228,9 +233,8 @@ def run_iteration(
     run.train_set.replacement_pool = train_rows.tolist()
     weights = balanced_weights(state.labels, train_rows)
     while state.phase == "train":
-        keys = epoch_keys(
-            train_rows, run.clips_per_epoch, t.seed, (state.iteration, state.epoch), weights
-        )
+        rng = seeds.rng(t.seed, "sample", state.iteration, state.epoch)
+        keys = epoch_keys(train_rows, run.clips_per_epoch, rng, weights)
         stats = train_one_epoch(
             state, train_model, optimizer, scaler, run.loader(run.train_set, keys), run, log
         )
@@ -277,9 +281,9 @@ def train_one_epoch(
     )
     for i, batch in enumerate(bar):
         run.report_failures(batch["failures"])
-        set_lr(
+        optim.set_lr(
             optimizer,
-            lr_at(state.iteration, state.epoch + i / max(1, len(loader)), run.config.train),
+            pretraining_lr(state.iteration, state.epoch, i, len(loader), run.config.train),
         )
         loss, acc, n = train_step(model, batch, labels, optimizer, scaler, run)
         state.step += 1
@@ -323,7 +327,7 @@ def train_step(
     heads = [(run.method.head_name(e, c), c) for e, c in run.method.heads()]
     inputs = {m: batch[m].to(run.device, non_blocking=True) for m in MODALITIES}
     index = batch["index"].to(run.device)
-    with autocast(run):
+    with optim.autocast(run.device, run.amp_dtype):
         logits = model(inputs)
         loss = torch.stack(
             [
@@ -391,6 +395,7 @@ def heldout_loss(model: DeepClusteringModel, state: LoopState, run: RunContext) 
     # Per head: summed loss, correct predictions; last entry: number of clips.
     sums = torch.zeros(2 * len(heads) + 1, dtype=torch.float64)
     for batch in run.loader(run.eval_set, fixed_keys(rows)):
+        run.report_failures(batch["failures"])
         valid = batch["valid"].bool()
         inputs = {m: batch[m][valid].to(run.device) for m in MODALITIES}
         index = batch["index"][valid]
@@ -412,32 +417,13 @@ def heldout_loss(model: DeepClusteringModel, state: LoopState, run: RunContext) 
     return result
 
 
-def lr_at(iteration: int, epoch: float, t: TrainConfig) -> float:
-    """Learning rate at a position of the run: linear warm-up, then constant, cosine or step.
+def pretraining_lr(iteration: int, epoch: int, step: int, steps: int, t: TrainConfig) -> float:
+    """Learning rate of step ``step`` of ``steps`` in an epoch: ``xdc.optim.lr_at`` over the run.
 
     The run is ``iterations × max_epochs`` epochs long; an iteration that stops early skips the
-    rest of its span, so the schedule is a pure function of the position and needs no state.
+    rest of its span, so the rate is a pure function of the position and needs no state.
     ``constant`` (every preset) keeps the peak rate for the later iterations, whose pseudo-labels
     are the best; ``cosine`` and ``step`` decay over the whole run.
     """
-    position = iteration * t.max_epochs + epoch
-    total = t.iterations * t.max_epochs
-    if t.warmup_epochs > 0 and position < t.warmup_epochs:
-        return t.lr * (position + 1e-3) / t.warmup_epochs
-    if t.schedule == "constant":
-        return t.lr
-    if t.schedule == "step":
-        return t.lr * 0.1 ** sum(position >= m for m in t.step_epochs)
-    progress = (position - t.warmup_epochs) / max(1e-9, total - t.warmup_epochs)
-    return t.lr_min + 0.5 * (t.lr - t.lr_min) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def autocast(run: RunContext) -> contextlib.AbstractContextManager:
-    if run.amp_dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=run.amp_dtype)
+    position = iteration * t.max_epochs + optim.step_position(epoch, step, steps)
+    return optim.lr_at(position, t.iterations * t.max_epochs, t)

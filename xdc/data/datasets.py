@@ -3,7 +3,7 @@ collate function that carries decode failures back to the main process.
 
 The clip dict contract (README, "Data pipeline"):
     ``video``     uint8 (3, T, H, W) RGB; the encoders normalise it on their device
-                  (``xdc.data.transforms.normalize_video``)
+                  (``xdc.models.video.normalize_video``)
     ``audio``     float (1, n_mels, n_frames), log-mel
     ``index``     int, row in the manifest the dataset was built on
     ``label``     int, −1 when unknown
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from xdc.config import DataConfig
 from xdc.data.audio import LogMel
@@ -271,24 +271,19 @@ def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
 def worker_init(worker_id: int) -> None:
     """One thread per DataLoader worker: the workers are the parallelism."""
     torch.set_num_threads(1)
-    info = get_worker_info()
-    if info is not None:
-        np.random.seed(info.seed % 2**32)
 
 
 def epoch_keys(
     rows: Sequence[int] | np.ndarray,
     num_samples: int,
-    seed: int,
-    epoch: Sequence[int],
+    rng: np.random.Generator,
     weights: np.ndarray | None = None,
 ) -> list[ClipKey]:
-    """The clip keys of one epoch, a pure function of (seed, epoch).
+    """The clip keys of one epoch, a pure function of ``rng``'s stream (see ``xdc.seeds``).
 
     Without ``weights``: every row in a random order, repeated to ``num_samples``. With
     ``weights`` (one per row, e.g. cluster-balanced): ``num_samples`` rows drawn with replacement.
     """
-    rng = np.random.default_rng([seed, *epoch])
     rows_arr = np.asarray(rows)
     if weights is None:
         reps = -(-num_samples // len(rows_arr))

@@ -56,6 +56,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from xdc.atomic import atomic_path
 from xdc.data.demo_families import (
     APPEARANCE_NAMES,
     DIGIT_NAMES,
@@ -210,13 +211,8 @@ def write_clip(
     little; packets fed in time order; written to a hidden temporary file and renamed, so that an
     interrupted run leaves no truncated video.
     """
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
-    try:
+    with atomic_path(path, suffix=".mp4") as tmp:
         _encode(tmp, frames, audio, fps, sample_rate)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _encode(

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from xdc import atomic
 from xdc.data.manifest import MANIFEST_COLUMNS, write_manifest
 from xdc.data.probe import MISSING, REJECTION_REASONS, UNREADABLE, ProbeResult, probe_file
 from xdc.data.splits import apply_official_splits, load_official_splits, read_official_splits
@@ -186,18 +187,7 @@ class _ProbeCache:
                 probe = {k: v for k, v in asdict(result).items() if k != "path"}
                 files[path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "probe": probe}
         text = json.dumps({"version": _CACHE_VERSION, "files": files}, indent=0, sort_keys=True)
-        _write_atomically(self.path, text)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        atomic.write_text(self.path, text)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -388,5 +378,5 @@ def _write_rejected(rows: list[dict[str, object]], path: Path) -> Path:
     lines += [[str(r["path"]), str(r["reason"]), str(r["detail"])] for r in rows]
     buffer = io.StringIO()
     csv.writer(buffer).writerows(lines)
-    _write_atomically(path, buffer.getvalue())
+    atomic.write_text(path, buffer.getvalue())
     return path

@@ -11,12 +11,11 @@ column the user added, kept as is. A manifest written before ``has_video`` exist
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xdc.atomic import atomic_file
 from xdc.errors import DataError
 
 PROBE_COLUMNS = (
@@ -130,20 +129,13 @@ def write_manifest(
 ) -> Path:
     """Write rows atomically (temporary file + rename), standard columns first, extras after."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     extras = list(extra_columns) or sorted({k for r in rows for k in r} - set(MANIFEST_COLUMNS))
     columns = list(MANIFEST_COLUMNS) + [c for c in extras if c not in MANIFEST_COLUMNS]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({c: _cell(row.get(c, "")) for c in columns})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: _cell(row.get(c, "")) for c in columns})
     return path
 
 

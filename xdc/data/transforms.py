@@ -1,6 +1,7 @@
 """Clip transforms: crops and flips on uint8 frames (cheap slicing first), optional strong
-per-clip augmentation (in float, back to uint8), and the normalisation with the Kinetics
-statistics that the encoders apply to uint8 clips on their device.
+per-clip augmentation (in float, back to uint8) and SpecAugment on log-mel. Clips leave here as
+uint8; the normalisation with the Kinetics statistics belongs to the encoders, which apply it on
+their device (``xdc.models.video.normalize_video``).
 
 All randomness comes from a ``numpy.random.Generator`` the caller passes in, so a clip is a pure
 function of its sample key (deterministic across DataLoader workers and resumes).
@@ -14,8 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from xdc.config import VIDEO_MEAN, VIDEO_STD
 
 
 def crop_box(
@@ -54,21 +53,6 @@ def to_uint8_clip(frames: np.ndarray) -> Tensor:
 def float_to_uint8_clip(video: Tensor) -> Tensor:
     """(T, 3, H, W) float in [0, 1] → (3, T, H, W) uint8 (rounded)."""
     return video.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 0, 2, 3).contiguous()
-
-
-def normalize_video(video: Tensor) -> Tensor:
-    """(B, 3, T, H, W) or (3, T, H, W) uint8 RGB → float32 normalised with the Kinetics mean and
-    std [V]. Float input is returned unchanged: it is taken to be normalised already.
-
-    Clips travel as uint8 from the DataLoader workers (4× less to copy between processes and to the
-    GPU) and are normalised here, by the encoders, on their device.
-    """
-    if video.dtype != torch.uint8:
-        return video
-    shape = (3, 1, 1, 1)
-    mean = torch.tensor(VIDEO_MEAN, device=video.device).view(shape)
-    std = torch.tensor(VIDEO_STD, device=video.device).view(shape)
-    return (video.float() / 255.0 - mean) / std
 
 
 _RGB_TO_YIQ = torch.tensor(

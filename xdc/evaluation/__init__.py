@@ -20,9 +20,10 @@ extraction, call ``extract_splits`` once and pass its features to ``probe_clip_f
 from xdc.evaluation.audio_probe import audio_probe, fold_rows, probe_fold, summarize_folds
 from xdc.evaluation.cluster_eval import cluster_evaluation
 from xdc.evaluation.encoders import RANDOM, EvalEncoders, load_eval_encoders
-from xdc.evaluation.extract import EvalClips, FeatureExtractor, calibration_keys, extract_splits
+from xdc.evaluation.extract import EvalClips, FeatureExtractor, extract_splits
 from xdc.evaluation.linear_probe import evaluate_linear_probe, linear_probe, probe_clip_features
 from xdc.evaluation.retrieval import evaluate_retrieval, fit_cca, recall_at_k, retrieval
+from xdc.features import calibration_keys
 
 __all__ = [
     "RANDOM",

@@ -1,4 +1,4 @@
-"""What the evaluation commands share (``commands.py``, ``finetune_cli.py``, ``report.py``).
+"""What the evaluation commands share (``commands.py``, ``finetune.py``, ``report.py``).
 
 ``EvalOptions`` holds the flags of every command that evaluates encoders (which encoders, which
 manifest, how many clips) and ``add_encoder_arguments`` defines them; the other ``add_*`` functions
@@ -15,14 +15,22 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from xdc import atomic
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import ConfigError
 from xdc.evaluation.encoders import EvalEncoders, load_eval_encoders
 
 DEFAULT_CLIPS = 10
 DEFAULT_BN_CLIPS = 512
+
+
+class Subcommands(Protocol):
+    """What ``ArgumentParser.add_subparsers()`` returns, as the commands use it (argparse's own
+    class for it is private)."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser: ...
 
 
 @dataclass(frozen=True)
@@ -110,11 +118,7 @@ def emit(result: dict[str, Any], folder: Path | None, name: str, as_json: bool, 
     text = json.dumps(jsonable(result), indent=2, allow_nan=False)
     path = None
     if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / name
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(text + "\n", encoding="utf-8")
-        tmp.replace(path)
+        path = atomic.write_text(folder / name, text + "\n")
     if as_json:
         print(text)
         return
@@ -192,7 +196,7 @@ def add_split_arguments(p: argparse.ArgumentParser, train_role: str, test_role: 
 
 
 def add_protocol_parser(
-    sub: argparse._SubParsersAction, name: str, help: str, description: str
+    sub: Subcommands, name: str, help: str, description: str
 ) -> argparse.ArgumentParser:
     """A sub-command that evaluates encoders and writes a result: the ``EvalOptions`` flags and
     ``--json`` / ``--out-dir``."""

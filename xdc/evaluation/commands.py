@@ -10,11 +10,11 @@ object. Progress bars and notes go to stderr.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from xdc.evaluation.cli_shared import (
     EvalOptions,
+    Subcommands,
     add_encoder_arguments,
     add_output_arguments,
     add_protocol_parser,
@@ -65,7 +65,7 @@ def cmd_extract(
     return 0
 
 
-def add_extract_parser(sub: argparse._SubParsersAction) -> None:
+def add_extract_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "extract",
         help="frozen-encoder features of a manifest's videos to an .npz file",
@@ -119,7 +119,7 @@ def cmd_linear_probe(
     return 0
 
 
-def add_linear_probe_parser(sub: argparse._SubParsersAction) -> None:
+def add_linear_probe_parser(sub: Subcommands) -> None:
     p = add_protocol_parser(
         sub,
         "linear-probe",
@@ -163,7 +163,7 @@ def cmd_audio_probe(
     return 0
 
 
-def add_audio_probe_parser(sub: argparse._SubParsersAction) -> None:
+def add_audio_probe_parser(sub: Subcommands) -> None:
     p = add_protocol_parser(
         sub,
         "audio-probe",
@@ -202,7 +202,7 @@ def cmd_retrieval(
     return 0
 
 
-def add_retrieval_parser(sub: argparse._SubParsersAction) -> None:
+def add_retrieval_parser(sub: Subcommands) -> None:
     p = add_protocol_parser(
         sub,
         "retrieval",
@@ -234,7 +234,7 @@ def cmd_cluster_eval(run: str, as_json: bool = False, out_dir: str | None = None
     return 0
 
 
-def add_cluster_eval_parser(sub: argparse._SubParsersAction) -> None:
+def add_cluster_eval_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "cluster-eval",
         help="NMI, ARI and purity of a run's clusterings against the labels (with chance NMI)",

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from xdc import seeds
 from xdc.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from xdc.config import PretrainConfig, build_config, config_from_dict
 from xdc.encoders import build_encoders, load_encoders
@@ -130,8 +130,8 @@ def random_eval_encoders(
         data = trained_manifest(run_folder(like))
     else:
         config = build_config(preset, overrides)
-    torch.manual_seed(seed)
-    encoders = build_encoders(config.model, config.data.n_mels)
+    with seeds.torch_global(seed, "random_init"):
+        encoders = build_encoders(config.model, config.data.n_mels)
     for enc in encoders.values():
         enc.eval()
     return EvalEncoders(encoders, config, RANDOM, None, data, seed=seed, like=like)

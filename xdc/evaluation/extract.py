@@ -21,7 +21,6 @@ features (counted on stderr); a file that fails to decode is left out and listed
 from __future__ import annotations
 
 import logging
-import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from xdc import seeds
 from xdc.config import DataConfig
 from xdc.data.cache import ClipCache
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader, fixed_keys
@@ -40,25 +40,27 @@ from xdc.data.decode import ClipSpec
 from xdc.data.manifest import Manifest
 from xdc.errors import DataError
 from xdc.evaluation.encoders import EvalEncoders
-from xdc.features import ClipFeatures, calibrated_copy, extract_features
+from xdc.features import ClipFeatures, calibrated_copy, calibration_keys, extract_features
+from xdc.methods import MODALITIES
 from xdc.run import resolve_device
 
 log = logging.getLogger(__name__)
-MODALITIES = ("video", "audio")
-CALIBRATION_SEED = 0
-"""Seed of the choice of BatchNorm calibration clips: fixed, so every encoder sees the same ones."""
 
 
-def split_rows(manifest: Manifest, split: str | None, flag: str = "--split") -> list[int]:
-    """Rows of ``manifest`` in ``split`` (all rows for None); an empty split raises ``DataError``."""
+def split_rows(
+    manifest: Manifest, split: str | None, flag: str = "--split", column: str = "split"
+) -> list[int]:
+    """Rows of ``manifest`` whose ``column`` is ``split`` (all rows for None); an empty split
+    raises ``DataError`` naming ``flag``."""
     if split is None:
         return list(range(len(manifest)))
-    rows = [i for i, r in enumerate(manifest.rows) if r.get("split", "") == split]
+    values = [r.get(column, "") for r in manifest.rows]
+    rows = [i for i, v in enumerate(values) if v == split]
     if not rows:
-        found = ", ".join(repr(s) for s in manifest.splits()) or "none"
+        found = ", ".join(sorted({repr(v) for v in values if v})) or "none"
         raise DataError(
-            f"{manifest.source or manifest.root}: split {split!r} ({flag}) has no rows (splits "
-            f"present: {found}); pass another {flag} or fill the manifest's 'split' column"
+            f"{manifest.source or manifest.root}: column {column!r} has no {split!r} rows ({flag}; "
+            f"values present: {found}); pass another {flag} or fill the manifest's {column!r} column"
         )
     return rows
 
@@ -82,25 +84,6 @@ def require_labels(
             f"{source}: {where} has {len(classes)} class(es) ({', '.join(sorted(classes))}); "
             f"a classifier needs at least {min_classes}: use a split with more classes"
         )
-
-
-def calibration_keys(
-    rows: Sequence[int], num_clips: int, seed: int = CALIBRATION_SEED
-) -> list[ClipKey]:
-    """``num_clips`` clips of ``rows`` for BatchNorm statistics, in a shuffled order.
-
-    Each video contributes ``ceil(num_clips / len(rows))`` uniformly spaced clips (one, the
-    centre clip, when there are enough videos), then ``num_clips`` of them are drawn. The result
-    depends only on the arguments, so every encoder evaluated gets the same clips. Shuffled, so
-    that each batch is a sample of the whole set rather than the clips of a few videos.
-    """
-    if num_clips <= 0 or not rows:
-        return []
-    per_row = math.ceil(num_clips / len(rows))
-    keys = fixed_keys(rows, per_row)
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(keys))[:num_clips]
-    return [keys[i] for i in pick]
 
 
 class EvalClips:
@@ -200,7 +183,8 @@ class FeatureExtractor:
         if modality not in self._calibrated:
             encoder = self.source.encoders[modality].to(self.device)
             rows = self.clips.usable_rows(self.calibration_rows, modality)
-            keys = calibration_keys(rows, self.bn_clips)
+            # a fixed stream: every encoder evaluated gets the same clips
+            keys = calibration_keys(rows, self.bn_clips, seeds.rng(0, "eval_calibration"))
             if keys:
                 counter = _Counter()
                 inputs = counter.count(self._valid_inputs(modality, keys))
@@ -248,12 +232,6 @@ class FeatureExtractor:
                 )
             out[m] = feats
         return out
-
-    def extract_split(
-        self, split: str | None, modalities: Sequence[str], clips: int
-    ) -> dict[str, ClipFeatures]:
-        """``extract`` over the rows of one split of the manifest."""
-        return self.extract(split_rows(self.clips.manifest, split), modalities, clips)
 
 
 def _audio_of(spec: ClipSpec) -> dict[str, Any]:
@@ -357,7 +335,6 @@ __all__ = [
     "EvalClips",
     "FeatureExtractor",
     "available_modalities",
-    "calibration_keys",
     "clip_features_to_npz",
     "extract_splits",
     "require_labels",

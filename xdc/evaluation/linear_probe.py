@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from xdc import seeds
 from xdc.data.manifest import Manifest
 from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
 from xdc.evaluation.protocol import extract_train_test, protocol_record
-from xdc.features import ClipFeatures
+from xdc.features import ClipFeatures, mean_per_video
 
 C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
 """Inverse regularisation strengths tried by cross-validation (log-spaced)."""
@@ -60,15 +61,13 @@ def video_level(
     probabilities: np.ndarray, groups: np.ndarray, labels: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Average clip probabilities (N, C) per group (video): returns (groups (V,), (V, C), labels (V,))."""
-    unique, inverse = np.unique(groups, return_inverse=True)
-    sums = np.zeros((len(unique), probabilities.shape[1]))
-    np.add.at(sums, inverse, probabilities)
-    counts = np.bincount(inverse, minlength=len(unique))
+    unique, means = mean_per_video(groups, np.asarray(probabilities, dtype=np.float64))
+    inverse = np.searchsorted(unique, groups)
     video_labels = np.full(len(unique), -1, dtype=np.int64)
     video_labels[inverse] = labels
     if np.any(video_labels[inverse] != labels):
         raise DataError("clips of one video carry different labels; a video has exactly one label")
-    return unique, sums / counts[:, None], video_labels
+    return unique, means.numpy(), video_labels
 
 
 def topk_accuracy(
@@ -135,7 +134,8 @@ def choose_c(
             {},
             "fixed (a class has fewer than 2 training videos)" if n_splits < 2 else "fixed",
         )
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    folds_seed = seeds.int_seed(seed, "probe_folds", bits=32)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=folds_seed)
     splits = list(splitter.split(x, y, groups))
     scores: dict[str, float] = {}
     best: tuple[float, float, float] | None = None  # (-accuracy, log-loss, C)

@@ -20,13 +20,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from xdc import atomic, seeds
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.diagnostics import heldout_margin, not_clearly_above, read_warnings
 from xdc.errors import DataError, XdcError
 from xdc.evaluation.encoders import RANDOM, load_eval_encoders
-from xdc.evaluation.extract import MODALITIES, extract_splits
+from xdc.evaluation.extract import extract_splits
 from xdc.evaluation.linear_probe import probe_clip_features
 from xdc.evaluation.report_plots import esc, grid_table
+from xdc.methods import MODALITIES
 from xdc.runlog import read_metrics
 
 
@@ -93,10 +95,7 @@ def random_init_check(
     except XdcError as err:  # e.g. no decodable video in a split: say so, keep the report
         return {"skipped": f"the linear probe failed: {err}"}
     result["key"] = key
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(cache)
+    atomic.write_json(cache, result)
     return result
 
 
@@ -114,7 +113,7 @@ def _splits(manifest: Manifest) -> tuple[str, str] | str:
 
 def _sampled(manifest: Manifest, train: str, test: str, seed: int) -> Manifest:
     """The labelled rows of both splits, at most ``MAX_VIDEOS`` of each (a seeded sample)."""
-    rng = np.random.default_rng([seed, 23])
+    rng = seeds.rng(seed, "report_sample")
     keep: list[int] = []
     for split, cap in ((train, MAX_VIDEOS["train"]), (test, MAX_VIDEOS["test"])):
         rows = [

@@ -1,10 +1,10 @@
 """The pieces of the run report (``xdc.evaluation.report``): figures, montages, and tables.
 
-Figures are self-contained ``data:`` URIs. Curves and histograms are matplotlib figures (Agg
-backend) saved as PNG; montages of video frames are palette PNGs (a photo montage shrinks about
+Figures are self-contained ``data:`` URIs. Curves and histograms are matplotlib figures (its
+object API: no pyplot, no global backend) saved as PNG, matplotlib imported only when one is drawn; montages of video frames are palette PNGs (a photo montage shrinks about
 threefold with 128 colours, which keeps the page small). The tables render any JSON generically,
-so a new RUN/eval/*.json shows up without code changes. The clusters' frames and sound are
-``xdc.evaluation.report_clusters``.
+so a new RUN/eval/*.json shows up without code changes. The clusters' frames and sound are in
+``xdc.evaluation.report`` itself; this module does not import it.
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+from PIL import Image
 
-matplotlib.use("Agg")  # no display: the report is written on servers too
+from xdc.run import FAILURES_NAME
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from xdc.run import FAILURES_NAME  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PLOT_DPI = 90
 MONTAGE_DPI = 100
@@ -43,8 +40,20 @@ def figure_png_uri(fig: Figure) -> str:
     """Save ``fig`` as PNG, close it, and return a ``data:image/png;base64`` URI."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=PLOT_DPI, metadata=_PNG_METADATA)
-    plt.close(fig)
     return data_uri("image/png", buffer.getvalue())
+
+
+def _figure(size: tuple[float, float], dpi: float = PLOT_DPI, constrained: bool = True) -> Figure:
+    """A matplotlib figure outside pyplot: nothing global is registered or changed."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=size, dpi=dpi, layout="constrained" if constrained else None)
+
+
+def _default_colours() -> list[str]:
+    import matplotlib
+
+    return list(matplotlib.rcParams["axes.prop_cycle"].by_key()["color"])
 
 
 def data_uri(mime: str, payload: bytes) -> str:
@@ -71,7 +80,8 @@ def training_curves(
     train: Sequence[Mapping[str, Any]], boundaries: Sequence[tuple[int, int]]
 ) -> str:
     """Loss and pseudo-label accuracy per logged step; ``boundaries`` are (step, iteration) pairs."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
+    fig = _figure((10, 3.2))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     steps = [r["step"] for r in train]
     ax_loss.plot(steps, [_num(r.get("loss")) for r in train], marker=".", color="tab:blue")
     ax_acc.plot(steps, [_num(r.get("acc")) for r in train], marker=".", color="tab:green")
@@ -89,7 +99,8 @@ def training_curves(
 
 def epoch_curves(epochs: Sequence[Mapping[str, Any]]) -> str:
     """Training and held-out loss / accuracy per epoch; per-head held-out accuracy when logged."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.2), layout="constrained")
+    fig = _figure((10, 3.2))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     x = np.arange(len(epochs))
     ticks = [f"{r.get('iteration', 0) + 1}.{r.get('epoch', 0) + 1}" for r in epochs]
     ax_loss.plot(x, [_num(r.get("loss")) for r in epochs], marker="o", label="train")
@@ -131,11 +142,10 @@ def clustering_curves(cluster: Sequence[Mapping[str, Any]]) -> str:
     next to its chance level (a random labelling of the same sizes), per iteration."""
     has_labels = any(r.get("nmi_labels") is not None for r in cluster)
     panels = 2 if has_labels else 1
-    fig, axes = plt.subplots(
-        1, panels, figsize=(5 * panels, 3.2), layout="constrained", squeeze=False
-    )
+    fig = _figure((5 * panels, 3.2))
+    axes = fig.subplots(1, panels, squeeze=False)
     names = list(dict.fromkeys(str(r.get("clustering")) for r in cluster))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = _default_colours()
     for n, name in enumerate(names):
         rows = [r for r in cluster if str(r.get("clustering")) == name]
         it = [r.get("iteration", 0) + 1 for r in rows]
@@ -174,9 +184,8 @@ def clustering_curves(cluster: Sequence[Mapping[str, Any]]) -> str:
 
 def cluster_size_plot(sizes: Mapping[str, np.ndarray]) -> str:
     """One panel per clustering: cluster sizes sorted largest first; empty clusters marked in red."""
-    fig, axes = plt.subplots(
-        1, len(sizes), figsize=(5 * len(sizes), 3), layout="constrained", squeeze=False
-    )
+    fig = _figure((5 * len(sizes), 3))
+    axes = fig.subplots(1, len(sizes), squeeze=False)
     for ax, (name, counts) in zip(axes[0], sizes.items(), strict=True):
         ordered = np.sort(np.asarray(counts))[::-1]
         x = np.arange(len(ordered))
@@ -205,7 +214,7 @@ def montage_uri(tiles: Sequence[np.ndarray], captions: Sequence[str]) -> str:
     n = max(1, len(tiles))
     tile_in, gap_in, caption_in = TILE_PX / MONTAGE_DPI, 4 / MONTAGE_DPI, 0.26
     width_in, height_in = n * (tile_in + gap_in), tile_in + caption_in
-    fig = plt.figure(figsize=(width_in, height_in), dpi=MONTAGE_DPI)
+    fig = _figure((width_in, height_in), dpi=MONTAGE_DPI, constrained=False)
     for i, (tile, caption) in enumerate(zip(tiles, captions, strict=True)):
         left = i * (tile_in + gap_in) + gap_in / 2
         ax = fig.add_axes((left / width_in, 0.0, tile_in / width_in, tile_in / height_in))
@@ -214,7 +223,6 @@ def montage_uri(tiles: Sequence[np.ndarray], captions: Sequence[str]) -> str:
         ax.set_title(_two_lines(caption), fontsize=6.5, pad=2, linespacing=1.0)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=MONTAGE_DPI, metadata=_PNG_METADATA)
-    plt.close(fig)
     buffer.seek(0)
     with Image.open(buffer) as image:
         palette = image.convert("RGB").quantize(colors=MONTAGE_COLOURS)

@@ -11,6 +11,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from xdc.errors import ConfigError
+from xdc.models.registry import build_named
 from xdc.models.video import init_conv_bn_weights
 
 AudioPool = Literal["avg", "max", "avgmax"]
@@ -115,14 +116,7 @@ def build_audio_encoder(name: str, **kwargs: object) -> AudioResNet18:
 
     Raises ConfigError for an unknown name or keyword.
     """
-    if name not in AUDIO_ENCODERS:
-        raise ConfigError(
-            f"unknown audio encoder {name!r}; valid names: {sorted(AUDIO_ENCODERS)} (--audio-encoder)"
-        )
-    try:
-        return AUDIO_ENCODERS[name](**kwargs)  # type: ignore[arg-type]
-    except TypeError as exc:
-        raise ConfigError(f"audio encoder {name!r}: {exc}") from exc
+    return build_named("audio", AUDIO_ENCODERS, name, **kwargs)
 
 
 __all__ = ["AUDIO_POOLS", "AudioPool", "AudioResNet18", "BasicBlock2D", "build_audio_encoder"]

@@ -3,7 +3,8 @@ small 2D-then-3D net for CPU presets.
 
 All follow the encoder contract: ``forward_features(x) -> (B, D)``, ``num_features == D``,
 ``forward is forward_features``; no classifier inside (heads live in :mod:`xdc.models.heads`).
-Input: a clip of shape (B, 3, T, H, W), uint8 RGB or normalised float.
+Input: a clip of shape (B, 3, T, H, W), uint8 RGB or normalised float; the encoders own their input
+normalisation (:func:`normalize_video`, with the Kinetics statistics ``VIDEO_MEAN``/``VIDEO_STD``).
 
 Every encoder takes ``video_input``: ``"rgb"`` (the frames) or ``"rgb_diff"`` (the frames plus
 their temporal differences, 6 channels into the first conv; see :func:`add_frame_differences`).
@@ -16,13 +17,30 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from xdc.data.transforms import normalize_video
 from xdc.errors import ConfigError
+from xdc.models.registry import build_named
 
 MidRule = Literal["xdc", "torchvision"]
 MID_RULES: tuple[str, ...] = ("xdc", "torchvision")
 VideoInput = Literal["rgb", "rgb_diff"]
 VIDEO_INPUTS: tuple[str, ...] = ("rgb", "rgb_diff")
+VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # [V] Kinetics statistics used by the XDC release
+VIDEO_STD = (0.22803, 0.22145, 0.216989)
+
+
+def normalize_video(video: Tensor) -> Tensor:
+    """(B, 3, T, H, W) or (3, T, H, W) uint8 RGB → float32 normalised with the Kinetics mean and
+    std [V]. Float input is returned unchanged: it is taken to be normalised already.
+
+    Clips travel as uint8 from the DataLoader workers (4× less to copy between processes and to the
+    GPU) and are normalised here, by the encoders, on their device.
+    """
+    if video.dtype != torch.uint8:
+        return video
+    shape = (3, 1, 1, 1)
+    mean = torch.tensor(VIDEO_MEAN, device=video.device).view(shape)
+    std = torch.tensor(VIDEO_STD, device=video.device).view(shape)
+    return (video.float() / 255.0 - mean) / std
 
 
 def input_channels(video_input: str) -> int:
@@ -387,22 +405,18 @@ def build_video_encoder(name: str, **kwargs: object) -> R2Plus1D18 | FrameCNN | 
     Keyword arguments go to the class (e.g. ``mid_rule``, ``width``, ``bn_eps``).
     Raises ConfigError for an unknown name or keyword.
     """
-    if name not in VIDEO_ENCODERS:
-        raise ConfigError(
-            f"unknown video encoder {name!r}; valid names: {sorted(VIDEO_ENCODERS)} (model.video)"
-        )
-    try:
-        return VIDEO_ENCODERS[name](**kwargs)  # type: ignore[return-value]
-    except TypeError as exc:
-        raise ConfigError(f"video encoder {name!r}: {exc}") from exc
+    return build_named("video", VIDEO_ENCODERS, name, **kwargs)  # type: ignore[return-value]
 
 
 __all__ = [
     "MID_RULES",
     "VIDEO_INPUTS",
+    "VIDEO_MEAN",
+    "VIDEO_STD",
     "VideoInput",
     "add_frame_differences",
     "input_channels",
+    "normalize_video",
     "prepare_input",
     "BasicBlock2Plus1D",
     "Conv2Plus1D",
