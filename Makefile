@@ -8,11 +8,11 @@ XDC := $(VENV)/bin/xdc
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench bench-data bench-kmeans bench-train clean
+.PHONY: setup demo test test-faults lint bench bench-data bench-kmeans bench-train clean
 
 setup: $(VENV)/.installed
 
-# torch goes in first, from TORCH_SPEC, so that installing xdc (torch>=2.1) pulls in nothing bigger.
+# torch goes in first, from TORCH_SPEC, so that installing xdc (torch>=2.3) pulls in nothing bigger.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Fault injection, every combination: runs killed at every point, each method × 0/2 workers ×
+# RAM cache × a broken file (about half an hour on 2 cores; `make test` runs a covering subset).
+test-faults: setup
+	XDC_FAULTS=long $(PY) -m pytest tests/test_resume.py tests/test_checkpoint.py $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check xdc tests benchmarks

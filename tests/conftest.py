@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from xdc.config import PretrainConfig, build_config
+from xdc.data.manifest import DATA_ROOT_ENV
 
 # One torch thread per test process: CI has 2 cores, and torch's OpenMP threads spin while they wait,
 # so a second thread competing with DataLoader workers or subprocesses costs far more than it gives.
@@ -53,6 +54,14 @@ def tiny_config(method: str = "xdc", **overrides: object) -> PretrainConfig:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _data_root(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests write manifests in their own folders that list the session's shared demo videos:
+    the session's temporary folder is their data root (``xdc --data-root``). The confinement
+    rule itself is tested without it (tests/test_confinement.py)."""
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="session")

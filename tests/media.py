@@ -117,3 +117,102 @@ def tone(
 ) -> np.ndarray:
     t = np.arange(int(round(seconds * sample_rate))) / sample_rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_media(
+    path: str | Path,
+    video: str | None = "libx264",
+    audio: str | None = "aac",
+    *,
+    seconds: float = 1.0,
+    fps: float = 10.0,
+    width: int = 32,
+    height: int = 32,
+    frame_times: Sequence[float] | None = None,
+    pix_fmt: str | None = None,
+    sample_rate: int = 16000,
+    layout: str = "mono",
+    video_options: dict[str, str] | None = None,
+    video_metadata: dict[str, str] | None = None,
+    container_format: str | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
+    """A small real file with any codecs this FFmpeg can encode: ``video`` and ``audio`` are
+        encoder names (None: no such stream), e.g. ``mpeg4``/``mjpeg`` in ``.avi``, ``libvpx`` +
+        ``libopus`` in ``.webm``, ``pcm_s16le`` in ``.wav``, ``libmp3lame`` in ``.mp3``.
+
+        Frames are a moving gradient (cheap to encode, every frame different); audio a 440 Hz tone on
+        every channel of ``layout``. ``container_options`` go to the muxer (``{"movflags": "faststart"}``:
+    an MP4 with its index first). ``frame_times`` (seconds) makes a variable-frame-rate stream with
+        a 1/1000 s clock; otherwise frames are 1/``fps`` apart. The encoder's own sample format and
+        frame size are used (the tone is converted with PyAV's resampler).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    times = list(frame_times) if frame_times is not None else None
+    count = len(times) if times is not None else max(1, round(seconds * fps))
+    with av.open(
+        str(path), "w", format=container_format, options=container_options or {}
+    ) as container:
+        vstream = None
+        if video is not None:
+            vstream = container.add_stream(video, rate=Fraction(fps).limit_denominator(1001))
+            vstream.width, vstream.height = width, height
+            vstream.pix_fmt = pix_fmt or _default_pix_fmt(video)
+            if video_options:
+                vstream.options = dict(video_options)
+            if video_metadata:
+                vstream.metadata.update(video_metadata)
+            if times is not None:
+                vstream.codec_context.time_base = Fraction(1, 1000)
+        astream = None
+        if audio is not None:
+            astream = container.add_stream(audio, rate=sample_rate, layout=layout)
+        if vstream is not None:
+            for i in range(count):
+                frame = av.VideoFrame.from_ndarray(_gradient(i, height, width), format="rgb24")
+                if times is not None:
+                    frame.pts, frame.time_base = int(round(times[i] * 1000)), Fraction(1, 1000)
+                else:
+                    frame.pts = i
+                container.mux(vstream.encode(frame))
+            container.mux(vstream.encode())
+        if astream is not None:
+            _encode_tone(container, astream, seconds, sample_rate, layout)
+    return path
+
+
+def _default_pix_fmt(codec: str) -> str:
+    return {"ffv1": "bgr0", "mjpeg": "yuvj420p", "png": "rgb24", "gif": "rgb8"}.get(
+        codec, "yuv420p"
+    )
+
+
+def _gradient(i: int, height: int, width: int) -> np.ndarray:
+    y, x = np.mgrid[0:height, 0:width]
+    image = np.stack([(x * 7 + i * 9) % 256, (y * 5 + i * 3) % 256, (x + y + i * 17) % 256], -1)
+    return image.astype(np.uint8)
+
+
+def _encode_tone(
+    container: av.container.OutputContainer,
+    stream: av.audio.stream.AudioStream,
+    seconds: float,
+    sample_rate: int,
+    layout: str,
+) -> None:
+    channels = av.AudioLayout(layout).nb_channels
+    # packed samples (one plane): PyAV cannot fill planar frames of 8 or more channels
+    packed = np.repeat(tone(seconds, sample_rate)[:, None], channels, axis=1).reshape(1, -1)
+    source = av.AudioFrame.from_ndarray(np.ascontiguousarray(packed), format="flt", layout=layout)
+    source.sample_rate, source.pts = sample_rate, 0
+    frame_size = stream.codec_context.frame_size or 1024
+    resampler = av.AudioResampler(
+        format=stream.codec_context.format.name,
+        layout=layout,
+        rate=sample_rate,
+        frame_size=frame_size,
+    )
+    for frame in [*resampler.resample(source), *resampler.resample(None)]:
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode())

@@ -116,6 +116,38 @@ def test_file_corrupted_after_indexing_is_replaced_and_reported(
     assert read_metrics(out, "finished")
 
 
+def test_replacement_of_a_broken_file_is_a_function_of_the_key_alone(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
+    """A broken file's replacement (row, clip, augmentation) is the same whether the clips are
+    loaded by 0 or 2 workers, and whether the dataset saw the failure before (a long-lived
+    process) or not (a fresh one, as after a resume)."""
+    manifest_path = _copy_demo(demo_manifest, tmp_path / "data")
+    broken = read_manifest(manifest_path).path(1)
+    broken.write_bytes(broken.read_bytes()[:300])
+    fresh = _dataset(manifest_path, data__augment="strong_hue")
+    keys = epoch_keys(fresh.rows, 16, seeds.rng(0, "sample", 0, 0))
+    keys = [ClipKey(1, k.seed) if i % 2 == 0 else k for i, k in enumerate(keys)]  # broken: 8 of 16
+    seasoned = _dataset(manifest_path, data__augment="strong_hue")
+    for key in [*(ClipKey(1, 1000 + s) for s in range(5)), *keys[:4]]:  # met the broken file
+        assert seasoned[key]["index"] != 1
+    runs = {
+        "fresh, 0 workers": _batches(fresh, keys, 0),
+        "fresh, 2 workers": _batches(_dataset(manifest_path, data__augment="strong_hue"), keys, 2),
+        "seen the failure": _batches(seasoned, keys, 0),
+    }
+    reference = runs.pop("fresh, 0 workers")
+    indices = torch.cat([b["index"] for b in reference])
+    assert not (indices == 1).any() and len(set(indices[::2].tolist())) > 1
+    for name, batches in runs.items():
+        for a, b in zip(reference, batches, strict=True):
+            assert torch.equal(a["index"], b["index"]), name
+            assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"]), name
+            assert a["failures"] == b["failures"], name
+    # Each draw of the broken file reports it, whoever loads it: the run counts it once.
+    assert sum(str(broken) in f for b in reference for f in b["failures"]) >= 8
+
+
 def test_too_many_failures_in_a_row_is_a_clear_error(demo_manifest: Path, tmp_path: Path) -> None:
     manifest_path = _copy_demo(demo_manifest, tmp_path / "data")
     manifest = read_manifest(manifest_path)

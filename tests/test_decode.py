@@ -4,6 +4,8 @@ resampling, overflow, clamping, resizing, and a DecodeError for every kind of ba
 
 from __future__ import annotations
 
+import struct
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.media import numbered_frames, random_frames, tone, write_video
+from tests.media import numbered_frames, random_frames, tone, write_media, write_video
 from xdc.data.decode import ClipSpec, clip_duration, decode_clip, video_duration
 from xdc.errors import ConfigError, DecodeError
 
@@ -301,3 +303,152 @@ def test_clip_spec_rejects_impossible_values() -> None:
         ClipSpec(fps=0)
     with pytest.raises(ConfigError, match="overflow"):
         ClipSpec(overflow="wrap")  # type: ignore[arg-type]
+
+
+# --- damaged files the fuzzer (tests/test_fuzz.py) turned up, and limits ------------------------
+
+
+def test_a_codec_this_ffmpeg_cannot_decode_is_a_decode_error(tmp_path: Path) -> None:
+    # An AVI whose video fourcc is unknown: FFmpeg opens it, with no decoder for the stream.
+    data = write_media(tmp_path / "ok.avi", "mpeg4", "pcm_s16le").read_bytes()
+    assert data.count(b"FMP4") == 2  # the stream header and the bitmap header
+    path = tmp_path / "unknown_codec.avi"
+    path.write_bytes(data.replace(b"FMP4", b"ZZZZ"))
+    with pytest.raises(DecodeError, match="no decoder for its video codec"):
+        decode_clip(path, 0.0, ClipSpec())
+    # the audio does not need the video's decoder
+    audio_only = ClipSpec(num_frames=0, decode_video=False)
+    assert decode_clip(path, 0.0, audio_only).audio.shape == (audio_only.audio_samples,)
+
+
+def test_metadata_that_is_not_utf8_does_not_stop_decoding(tmp_path: Path) -> None:
+    # Old AVI and MP3 files carry Latin-1 titles; the probe keeps such files, so must the decoder.
+    path = tmp_path / "latin1_title.mkv"
+    frames = random_frames(10, 32, 32, seed=4)
+    with av.open(str(path), "w") as container:
+        container.metadata["title"] = "TITLE_PLACEHOLDER"
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "bgr0"
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = path.read_bytes().replace(b"TITLE_PLACEHOLDER", b"caf\xe9 \xe9t\xe9 latin-1!")
+    path.write_bytes(data)
+    with pytest.raises(UnicodeDecodeError):  # what PyAV does by default
+        av.open(str(path)).close()
+    clip = decode_clip(path, 0.0, ClipSpec(num_frames=10, fps=10.0, **VIDEO_ONLY))
+    assert source_indices(clip.frames, frames) == list(range(10))
+
+
+def _untimed_still(path: Path) -> Path:
+    """One frame in Matroska whose header says it lasts 0 s (segment duration and tag zeroed,
+    DefaultDuration renamed)."""
+    data = bytearray(write_video(path, random_frames(1, 32, 32)).read_bytes())
+    at = data.index(b"\x44\x89\x88")
+    data[at + 3 : at + 11] = struct.pack(">d", 0.0)
+    at = data.index(b"00:00:00.040000000")
+    data[at : at + 18] = b"00:00:00.000000000"
+    at = data.index(b"\x23\xe3\x83")
+    data[at : at + 3] = b"\x23\xe3\x84"
+    path.write_bytes(data)
+    return path
+
+
+def test_a_declared_duration_of_zero_is_unknown_not_a_division_by_zero(tmp_path: Path) -> None:
+    path = _untimed_still(tmp_path / "still.mkv")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warned of a remainder by 0 (NaN frame times)
+        with pytest.raises(DecodeError, match="unknown duration"):
+            decode_clip(path, 0.0, ClipSpec(overflow="loop", **VIDEO_ONLY))
+        with pytest.raises(DecodeError, match="unknown duration"):
+            video_duration(path)
+        clip = decode_clip(path, 0.0, ClipSpec(num_frames=3, **VIDEO_ONLY))  # pad: the still
+    assert clip.frames.shape == (3, 32, 32, 3)
+
+
+def _avi_declaring_frame_size(path: Path, width: int, height: int) -> Path:
+    """A raw-video AVI (frame size taken from the header) whose header declares another size."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("rawvideo", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "bgr24"
+        for i, image in enumerate(random_frames(5, 32, 32)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    data = bytearray(path.read_bytes())
+    at = data.index(b"strf") + 12  # BITMAPINFOHEADER: size, then width and height
+    data[at : at + 8] = struct.pack("<ii", width, -height)
+    path.write_bytes(data)
+    return path
+
+
+def test_a_header_declaring_a_giant_frame_is_refused_before_decoding(tmp_path: Path) -> None:
+    fine = _avi_declaring_frame_size(tmp_path / "fine.avi", 32, 32)
+    assert decode_clip(fine, 0.0, ClipSpec(**VIDEO_ONLY)).frames.shape == (8, 32, 32, 3)
+    giant = _avi_declaring_frame_size(tmp_path / "giant.avi", 12000, 12000)  # 432 MB a frame
+    with pytest.raises(DecodeError, match="12000x12000 is over the limit"):
+        decode_clip(giant, 0.0, ClipSpec(**VIDEO_ONLY))
+    with av.open(str(giant)) as container:  # FFmpeg itself would go ahead
+        assert container.streams.video[0].codec_context.width == 12000
+    # one that FFmpeg refuses itself (100000 x 100000) is a DecodeError too
+    with pytest.raises(DecodeError):
+        decode_clip(_avi_declaring_frame_size(tmp_path / "absurd.avi", 100_000, 100_000), 0, ClipSpec(**VIDEO_ONLY))  # fmt: skip
+
+
+def test_the_decoder_picks_frames_by_time_in_an_avi_with_a_millisecond_clock(
+    tmp_path: Path,
+) -> None:
+    # "1000 fps" in the header, 12 real frames a second with empty frames in between: at the
+    # manifest's rate (probe: 12) the decoder returns every source frame once.
+    from xdc.data.probe import probe_file
+
+    times = np.arange(24) / 12
+    path = write_media(tmp_path / "ms.avi", "ffv1", None, frame_times=times, pix_fmt="bgr0")
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].average_rate == 1000
+    fps = probe_file(path).fps
+    assert fps == pytest.approx(12.0)
+    clip = decode_clip(path, 0.0, ClipSpec(num_frames=24, fps=fps, **VIDEO_ONLY))
+    assert clip.frame_times == pytest.approx(np.round(times, 3), abs=1e-3)
+    assert len({frame.tobytes() for frame in clip.frames}) == 24
+
+
+@pytest.mark.parametrize("layout", ["5.1", "7.1", "hexadecagonal"])
+def test_planar_audio_with_many_channels_decodes(tmp_path: Path, layout: str) -> None:
+    # AAC decodes to planar frames; PyAV reads the planes of one with 8 or more channels past the
+    # end of their list (7.1 AAC crashed the process; the fuzzer found it with a damaged 5.1 MP4
+    # whose AAC data announced 44 channels). The mono mean of a tone on every channel is the tone,
+    # less the low-frequency channel, which the AAC encoder cuts off far below 440 Hz.
+    path = write_media(
+        tmp_path / "many.mp4", audio="aac", layout=layout, sample_rate=48000, seconds=2.0
+    )
+    clip = decode_clip(path, 0.5, ClipSpec())  # the window [0.5, 1.5] s lies inside the tone
+    audio = clip.audio
+    assert audio is not None and audio.shape == (16096,)
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert np.argmax(spectrum) * SR / len(audio) == pytest.approx(440, abs=2)
+    names = [channel.name for channel in av.AudioLayout(layout).channels]
+    share = sum(name != "LFE" for name in names) / len(names)
+    assert np.sqrt(np.mean(audio**2)) == pytest.approx(share * 0.5 / np.sqrt(2), rel=0.1)
+    audio_only = decode_clip(path, 0.5, ClipSpec(decode_video=False))
+    np.testing.assert_array_equal(audio_only.audio, audio)
+
+
+@pytest.mark.parametrize(
+    ("codec", "tolerance"),
+    [("pcm_s64le", 1e-6), ("pcm_f64le", 1e-6), ("pcm_s32le", 1e-6), ("pcm_s24le", 1e-6),
+     ("pcm_s16le", 1e-4), ("pcm_u8", 1e-2), ("pcm_alaw", 2e-2)],
+)  # fmt: skip
+def test_every_pcm_sample_format_of_a_wav_decodes_to_the_same_audio(
+    tmp_path: Path, codec: str, tolerance: float
+) -> None:
+    # 64-bit integer samples (the fuzzer made one from a WAV header) have no numpy type in PyAV:
+    # a valid file that the probe keeps must decode too.
+    spec = ClipSpec(num_frames=0, decode_video=False)
+    reference = decode_clip(write_media(tmp_path / "f32.wav", None, "pcm_f32le"), 0.2, spec)
+    clip = decode_clip(write_media(tmp_path / f"{codec}.wav", None, codec), 0.2, spec)
+    assert clip.audio is not None and reference.audio is not None
+    np.testing.assert_allclose(clip.audio, reference.audio, atol=tolerance)

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 import xdc.data.index
-from tests.media import random_frames, tone, write_video
+import xdc.data.probe
+from tests.media import random_frames, tone, write_media, write_video
 from xdc.data.index import VIDEO_EXTENSIONS, index_source
-from xdc.data.manifest import MANIFEST_COLUMNS, read_manifest
+from xdc.data.manifest import MANIFEST_COLUMNS, decode_path, encode_path, read_manifest
 from xdc.data.probe import REJECTION_REASONS, ProbeResult, probe_file
 from xdc.data.splits import read_official_splits
 from xdc.errors import DataError
@@ -543,3 +544,206 @@ def test_index_re_exports_the_probe_and_splits_api() -> None:
     assert {"probe_file", "ProbeResult", "REJECTION_REASONS", "read_official_splits"} <= set(
         xdc.data.index.__all__
     )
+
+
+# --- any name, any failure (issue 11) -------------------------------------------------------------
+
+# Names the file system allows: bytes that are not UTF-8 (Linux names are bytes), a newline, a
+# comma and quotes, a leading dash or space, a trailing space, a tab, non-Latin letters, a '%',
+# and a name that starts like the manifest's escaped form.
+ODD_NAMES = [
+    os.fsdecode(b"caf\xe9.mp4"),
+    os.fsdecode(b"\xff\xfe\x80.mkv"),
+    "two\nlines.mkv",
+    "comma, \"quotes\" and 'apostrophes'.mkv",
+    "-dash.mkv",
+    " space first.mkv",
+    "tab\tinside.mkv",
+    "日本語 ünïcödé 🎬.mkv",
+    "100%.mkv",
+    "file:like.mkv",
+]
+
+
+def test_manifest_cells_name_any_path_and_are_valid_text() -> None:
+    paths = [
+        *ODD_NAMES,
+        "plain/a.mp4",
+        "trailing space ",
+        "/abs/" + os.fsdecode(b"\xe9") + "/x.mp4",
+        "line\u2028separator",
+        "",
+    ]
+    for path in paths:
+        cell = encode_path(path)
+        assert decode_path(cell) == path
+        cell.encode("utf-8")  # strict: no surrogates left
+        assert cell == cell.strip() and "\n" not in cell and "\t" not in cell
+    for plain in ("plain/a.mp4", "100%.mkv", "日本語 ünïcödé 🎬.mkv", "-dash.mkv", 'a, "b".mp4'):
+        assert encode_path(plain) == plain  # readable names stay as they are
+    assert encode_path(os.fsdecode(b"caf\xe9.mp4")) == "file:caf%E9.mp4"
+    assert decode_path("file:///videos/a%20b.mp4") == "///videos/a b.mp4"  # a file URI, by hand
+
+
+def test_index_writes_and_reads_back_any_name_byte_for_byte(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    videos = tmp_path / "videos"
+    names = [os.path.join("cats", n) for n in ODD_NAMES]
+    names.append(os.path.join(os.fsdecode(b"dogs \xe9"), "a.mkv"))  # a label that is not UTF-8
+    for name in names:
+        _copy(media["mkv"], videos / name)
+    bad = videos / "cats" / os.fsdecode(b"notes \xe9\n.mp4")
+    _text(media, bad)
+    output = tmp_path / "out" / "manifest.csv"
+
+    first = index_source(videos, output, workers=2, progress=False)
+
+    assert (first.kept, first.rejected_by_reason) == (len(names), {"not a media file": 1})
+    for written in (output, tmp_path / "out" / "rejected.csv"):
+        written.read_bytes().decode("utf-8")  # strict UTF-8, whatever the names
+    manifest = read_manifest(output)
+    got = sorted(os.fsencode(os.path.normpath(manifest.path(i))) for i in range(len(manifest)))
+    assert got == sorted(os.fsencode(videos.absolute() / name) for name in names)
+    assert all(manifest.path(i).is_file() for i in range(len(manifest)))
+    assert sorted(manifest.label_names) == ["cats", "dogs \\xe9"]
+    with (tmp_path / "out" / "rejected.csv").open(newline="", encoding="utf-8") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert (tmp_path / "out" / decode_path(row["path"])).resolve() == bad.resolve()
+
+    # The probe cache survives the names: a re-run probes nothing and writes the same manifest.
+    before = output.read_bytes()
+    cache = (tmp_path / "out" / "manifest.csv.probe-cache.json").read_bytes().decode("utf-8")
+    assert len(json.loads(cache)["files"]) == len(names) + 1
+    second = index_source(videos, output, workers=2, progress=False)
+    assert (second.probed, second.reused_from_cache) == (0, len(names) + 1)
+    assert output.read_bytes() == before
+
+    # The manifest's cells name the same files in a source CSV too.
+    listing = tmp_path / "out" / "list.csv"
+    listing.write_text(
+        "path,label\n"
+        + "".join(f'"{r["path"].replace(chr(34), 2 * chr(34))}",x\n' for r in manifest.rows),
+        encoding="utf-8",
+    )
+    third = index_source(listing, tmp_path / "again" / "m.csv", workers=1, progress=False)
+    again = read_manifest(tmp_path / "again" / "m.csv")
+    assert third.kept == len(names)
+    assert sorted(os.fsencode(os.path.normpath(again.path(i))) for i in range(len(again))) == got
+
+
+def _fragile_probe(path: str) -> ProbeResult:
+    """``probe_file``, except that a name containing 'raises' raises and 'dies' kills the process
+    (an FFmpeg crash): what no real file here can be made to do on demand."""
+    name = os.path.basename(path)
+    if "raises" in name:
+        raise RuntimeError("something nobody foresaw")
+    if "dies" in name:
+        os._exit(11)
+    return probe_file(path)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_probe_that_raises_rejects_its_file_and_the_index_goes_on(
+    media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    monkeypatch.setattr(xdc.data.index, "probe_file", _fragile_probe)
+    for name in ("a.mkv", "raises.mkv", "b.mkv", "c.mkv"):
+        _copy(media["mkv"], tmp_path / "videos" / name)
+    result = index_source(tmp_path / "videos", tmp_path / "m.csv", workers=workers, progress=False)
+    assert (result.kept, result.rejected_by_reason) == (3, {"probe failed": 1})
+    rejected = list(csv.DictReader((tmp_path / "rejected.csv").open(newline="")))
+    assert [(r["path"], r["reason"]) for r in rejected] == [("videos/raises.mkv", "probe failed")]
+    assert "RuntimeError: something nobody foresaw" in rejected[0]["detail"]
+    assert "probe failed: 1" in result.summary()
+    # an unforeseen failure is not cached: the next run tries that file again
+    assert index_source(tmp_path / "videos", tmp_path / "m.csv", progress=False).probed == 1
+
+
+def test_a_probing_process_that_dies_costs_only_its_file(
+    media: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(xdc.data.index, "probe_file", _fragile_probe)
+    names = [f"{i:02d}.mkv" for i in range(8)]
+    names[3] = "03_dies.mkv"
+    for name in names:
+        _copy(media["short"], tmp_path / "videos" / name)
+    result = index_source(tmp_path / "videos", tmp_path / "m.csv", workers=2, progress=False)
+    assert (result.kept, result.rejected_by_reason) == (7, {"probe failed": 1})
+    assert _read_rejected(tmp_path / "rejected.csv") == {"videos/03_dies.mkv": "probe failed"}
+    assert "process died" in (tmp_path / "rejected.csv").read_text()
+    assert len(read_manifest(tmp_path / "m.csv")) == 7
+
+
+def test_the_probe_itself_turns_an_unforeseen_error_into_a_rejection(
+    media: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> ProbeResult:
+        raise ZeroDivisionError("a header field of 0")
+
+    monkeypatch.setattr(xdc.data.probe, "_probe_container", broken)
+    result = probe_file(media["mkv"])
+    assert (result.reason, result.detail) == (
+        "probe failed",
+        "ZeroDivisionError: a header field of 0",
+    )
+    assert "probe failed" in REJECTION_REASONS
+
+
+def test_a_csv_path_with_a_nul_character_is_rejected_not_a_crash(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    _copy(media["mkv"], tmp_path / "a.mkv")
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\na.mkv\nb\x00.mkv\n")
+    result = index_source(listing, tmp_path / "out" / "m.csv", workers=1, progress=False)
+    assert (result.kept, result.rejected_by_reason) == (1, {"missing": 1})
+    assert "NUL" in (tmp_path / "out" / "rejected.csv").read_text()
+
+
+@pytest.mark.timeout(60)  # opening a named pipe waits for a writer: this must not
+def test_a_named_pipe_is_rejected_without_opening_it(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "stream.mp4")
+    result = probe_file(tmp_path / "stream.mp4")
+    assert (result.reason, result.detail) == ("unreadable", "not a regular file (a named pipe)")
+
+
+def test_unreadable_sources_and_manifests_are_data_errors(tmp_path: Path) -> None:
+    (tmp_path / "latin1.csv").write_bytes(b"path,label\ncaf\xe9.mp4,x\n")
+    with pytest.raises(DataError, match="latin1.csv: not a readable CSV"):
+        index_source(tmp_path / "latin1.csv", tmp_path / "m.csv", progress=False)
+    (tmp_path / "manifest.csv").write_bytes(b"path,label\ncaf\xe9.mp4,x\n")
+    with pytest.raises(DataError, match="manifest.csv: not a readable manifest"):
+        read_manifest(tmp_path / "manifest.csv")
+
+
+# --- frame rate: the stream's real rate, never its time base ---------------------------------------
+
+
+def test_avi_frame_rate_is_the_real_rate_not_the_time_base(tmp_path: Path) -> None:
+    # An AVI has one clock per stream: written with a millisecond clock (what a variable-rate
+    # source gives), its header says 1000 fps and fills the gaps between frames with empty ones.
+    twelve = write_media(tmp_path / "12fps_ms_clock.avi", "mpeg4", "pcm_s16le", frame_times=np.arange(24) / 12)  # fmt: skip
+    with av.open(str(twelve)) as container:
+        video = container.streams.video[0]
+        assert (video.average_rate, video.time_base) == (1000, Fraction(1, 1000))
+    result = probe_file(twelve)
+    assert result.ok, result.detail
+    assert result.fps == pytest.approx(12.0)
+    assert result.duration_sec == pytest.approx(2.0, abs=0.05)
+
+    # irregular frames: every rate FFmpeg offers is the clock's; the rate is measured
+    times = np.cumsum(np.random.default_rng(0).uniform(0.05, 0.2, 30))
+    irregular = write_media(tmp_path / "vfr.avi", "mjpeg", None, frame_times=times - times[0])
+    result = probe_file(irregular)
+    assert result.ok, result.detail
+    assert result.fps == pytest.approx(29 / (times[-1] - times[0]), rel=0.1)
+
+    # a constant-rate AVI: the clock is the frame rate (1/25 s), and that is right
+    steady = write_media(tmp_path / "25fps.avi", "mjpeg", "pcm_s16le", fps=25, seconds=1.0)
+    with av.open(str(steady)) as container:
+        assert container.streams.video[0].time_base == Fraction(1, 25)
+    assert probe_file(steady).fps == pytest.approx(25.0)
+    # and 29.97 in MP4 stays 29.97
+    ntsc = write_media(tmp_path / "ntsc.mp4", fps=30000 / 1001, seconds=1.0, audio=None)
+    assert probe_file(ntsc).fps == pytest.approx(29.97, abs=0.01)

@@ -7,6 +7,7 @@ moved (so ``--data`` is exercised), with an evaluation result and a failures lis
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import shutil
@@ -282,3 +283,73 @@ def test_largest_and_purest_clusters_are_chosen(tiny_run: Path) -> None:
     assert shown[[s.cluster for s in shown].index(5)].purity == 1.0
     assert all(len(s.members) <= 2 and s.size == sizes[s.cluster] for s in shown)
     assert len({s.cluster for s in shown}) == len(shown)
+
+
+EVIL_LABEL = "<script>alert(1)</script>"
+EVIL_NAME = '&"<>'
+PAGE_TAGS = {
+    "html", "head", "meta", "title", "style", "body", "h1", "h2", "h3", "h4", "h5", "h6",
+    "section", "p", "table", "tr", "th", "td", "details", "summary", "pre", "img", "ul", "li",
+    "b", "i", "br", "span", "div", "figure", "figcaption", "audio", "code",
+}  # fmt: skip
+PAGE_ATTRIBUTES = {"lang", "charset", "id", "class", "alt", "src", "controls", "preload"}
+
+
+class TagCollector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: set[str] = set()
+        self.attributes: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.add(tag)
+        self.attributes.update(k for k, _ in attrs)
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def test_labels_paths_and_config_values_are_escaped(
+    demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run whose folder, manifest folder and file names hold `&"<>` and whose class is named
+    `<script>…`: the page shows them as text, never as markup."""
+    from tests.conftest import tiny_config
+    from xdc.training import pretrain
+
+    root = tmp_path / f"x{EVIL_NAME}y"
+    data = root / "data"
+    shutil.copytree(demo_manifest.parent, data)
+    manifest = data / demo_manifest.name
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    first_class = rows[0]["label"]
+    for i, row in enumerate(rows):
+        if row["label"] == first_class:
+            row["label"] = EVIL_LABEL
+        if i in (1, 7):  # train rows; the second is broken after indexing
+            new = Path(row["path"]).with_name(f"{'ok' if i == 1 else 'bad'}{EVIL_NAME}.mp4")
+            (data / row["path"]).rename(data / new)
+            row["path"] = str(new)
+    (data / rows[7]["path"]).write_bytes(b"broken")
+    with manifest.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    run = root / f"run{EVIL_NAME}"
+    pretrain(tiny_config("xdc"), manifest, run, progress=False)
+    evil_result = {EVIL_LABEL: EVIL_NAME, "per_class": {EVIL_LABEL: {"top1": 0.5}}}
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / f"evil{EVIL_NAME}.json").write_text(json.dumps(evil_result))
+    assert run_cli(["report", str(run), "--no-progress"], monkeypatch) == 0
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in text.lower() and "alert(1)</" not in text
+    assert EVIL_NAME not in text and '"<' not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "&amp;&quot;&lt;&gt;" in text
+    parser = TagCollector()
+    parser.feed(text)
+    assert parser.tags <= PAGE_TAGS and parser.attributes <= PAGE_ATTRIBUTES
+    shown = "".join(parser.text)
+    assert EVIL_LABEL in shown, "the label is shown, as text"
+    assert str(run) in shown and f"bad{EVIL_NAME}.mp4" in shown  # run folder, failures list

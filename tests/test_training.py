@@ -254,3 +254,23 @@ def test_a_run_made_before_a_config_key_existed_resumes(
     pretrain(tiny_config("sdc"), demo_manifest, out, progress=False)  # finished: says so
     with pytest.raises(ConfigError, match="cluster.views"):
         pretrain(tiny_config("sdc", cluster__views=2), demo_manifest, out, progress=False)
+
+
+def test_patience_without_held_out_videos_is_refused_naming_both_keys(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
+    """train.patience ends an iteration when the held-out loss stops improving: with no held-out
+    video that loss is NaN and every iteration would end after `patience` epochs."""
+    with pytest.raises(ConfigError) as err:
+        tiny_config("xdc", train__val_fraction=0.0, train__patience=2)
+    assert "train.patience" in str(err.value) and "train.val_fraction" in str(err.value)
+    # A fraction that holds out no video of this data: refused before any work.
+    out = tmp_path / "run"
+    config = tiny_config("xdc", train__val_fraction=0.01, train__patience=2)
+    with pytest.raises(ConfigError, match=r"train.val_fraction=0.01 holds out none of the 15"):
+        pretrain(config, demo_manifest, out, progress=False)
+    assert not out.exists()
+    # No held-out set and no patience: every iteration runs max_epochs.
+    config = tiny_config("xdc", train__val_fraction=0.0, train__patience=0, train__max_epochs=2)
+    state = pretrain(config, demo_manifest, out, progress=False)
+    assert [(r["iteration"], r["epoch"]) for r in state.history] == [(0, 0), (0, 1)]

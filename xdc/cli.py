@@ -7,9 +7,11 @@ Errors the user can fix are one line on stderr (``xdc: error: …``) and exit co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from xdc.errors import XdcError
@@ -59,6 +61,7 @@ def cmd_pretrain(
     overrides: Sequence[str] = (),
     device: str | None = None,
     progress: bool = True,
+    allow_data_change: bool = False,
 ) -> int:
     """Pretrain both encoders by deep clustering; resumes automatically."""
     from xdc import distributed
@@ -67,7 +70,10 @@ def cmd_pretrain(
 
     config = build_config(preset, overrides, method=method)
     try:
-        pretrain(config, data, out, split=split or None, device=device, progress=progress)
+        pretrain(
+            config, data, out, split=split or None, device=device, progress=progress,
+            allow_data_change=allow_data_change,
+        )  # fmt: skip
     finally:
         distributed.cleanup()  # the process group pretraining joined under torchrun
     return 0
@@ -249,12 +255,22 @@ def _add_pretrain(sub: Subcommands) -> None:
         "--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--allow-data-change",
+        action="store_true",
+        help="resume a run on other data than it was trained on: another manifest content (rows, "
+        "paths, durations, labels; RUN/run.json records its hash), another --split or another "
+        "world size (number of processes). Without it such a resume is refused, naming what "
+        "differs; a manifest that only moved (same content) resumes without it. The number of "
+        "rows must stay the same: the run's pseudo-labels index them",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=0.05 cluster.k=64")
     p.set_defaults(
         run=lambda a: cmd_pretrain(
-            a.data, a.out, a.method, a.preset, a.split, a.overrides, a.device, not a.no_progress
+            a.data, a.out, a.method, a.preset, a.split, a.overrides, a.device, not a.no_progress,
+            a.allow_data_change,
         )
-    )
+    )  # fmt: skip
 
 
 def _add_config(sub: Subcommands) -> None:
@@ -291,10 +307,47 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-supervised audio-video learning by Cross-Modal Deep Clustering (XDC).",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--data-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder the manifests' paths may lie in besides the manifest's own folder "
+        "(repeatable; also XDC_DATA_ROOT, os.pathsep-separated)",
+    )
+    parser.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="accept manifest paths anywhere (absolute, ../): only for manifests you trust "
+        "(also XDC_ALLOW_OUTSIDE_ROOT=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser
+
+
+@contextlib.contextmanager
+def _manifest_roots(data_roots: Sequence[str], allow_outside: bool) -> Iterator[None]:
+    """The command's ``--data-root`` / ``--allow-outside-root`` as the environment variables the
+    manifest reader checks (so DataLoader workers and torchrun's children see them too),
+    restored afterwards."""
+    from xdc.data.manifest import ALLOW_OUTSIDE_ROOT_ENV, DATA_ROOT_ENV
+
+    saved = {k: os.environ.get(k) for k in (DATA_ROOT_ENV, ALLOW_OUTSIDE_ROOT_ENV)}
+    if data_roots:
+        roots = [os.path.abspath(d) for d in data_roots]
+        os.environ[DATA_ROOT_ENV] = os.pathsep.join([*roots, *filter(None, [saved[DATA_ROOT_ENV]])])
+    if allow_outside:
+        os.environ[ALLOW_OUTSIDE_ROOT_ENV] = "1"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="xdc: %(message)s"
     )
     try:
-        return int(args.run(args) or 0)
+        with _manifest_roots(args.data_root, args.allow_outside_root):
+            return int(args.run(args) or 0)
     except XdcError as err:
         print(f"xdc: error: {err}", file=sys.stderr)
         return 2

@@ -126,9 +126,11 @@ class TrainConfig:
     max_epochs: int = 10
     """Epochs per iteration at most; fewer when the held-out loss stops improving [V rule, U value]."""
     patience: int = 2
-    """Epochs without held-out improvement before the iteration ends (0 = always max_epochs)."""
+    """Epochs without held-out improvement before the iteration ends (0 = always max_epochs);
+    needs held-out videos (``val_fraction`` > 0)."""
     val_fraction: float = 0.1
-    """Fraction of videos held out each iteration to measure the pseudo-label loss."""
+    """Fraction of videos held out each iteration to measure the pseudo-label loss (0 = none:
+    then ``patience`` must be 0)."""
     clips_per_epoch: int = 0
     """Clips per epoch (0 = number of training videos × data.clips_per_video)."""
     batch_size: int = 8
@@ -350,6 +352,13 @@ def validate(config: PretrainConfig) -> None:
     _check(t.max_epochs >= 1, "train.max_epochs", "must be >= 1")
     _check(t.patience >= 0, "train.patience", "must be >= 0")
     _check(0.0 <= t.val_fraction < 0.5, "train.val_fraction", "must be in [0, 0.5)")
+    _check(
+        t.val_fraction > 0 or t.patience == 0,
+        "train.patience",
+        f"{t.patience} ends an iteration when the held-out loss stops improving, but "
+        "train.val_fraction=0 holds out no video; set train.val_fraction > 0 (e.g. 0.1) or "
+        "train.patience=0 (every iteration then runs train.max_epochs)",
+    )
     _check(t.batch_size >= 1, "train.batch_size", "must be >= 1")
     _check(t.lr > 0, "train.lr", "must be > 0")
     _check(0 <= t.lr_min <= t.lr, "train.lr_min", "must be in [0, train.lr]")

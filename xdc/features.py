@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from xdc.data.datasets import ClipKey, fixed_keys
+from xdc.errors import DataError
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -31,18 +33,23 @@ def recalibrate_batchnorm(
     statistics over ``inputs`` (the mean is exact; the variance is the average within-batch one).
 
     Leaves ``encoder`` in eval mode with its weights untouched. Returns the number of clips seen
-    (0 means the encoder has no BatchNorm or no inputs were given: statistics unchanged).
+    (0 for an encoder without BatchNorm). The old statistics are reset only once the first clip
+    has arrived: when ``inputs`` holds no clip (empty, or every calibration clip failed to
+    decode), a ``DataError`` is raised and the statistics are left as they were.
     """
     layers = [m for m in encoder.modules() if isinstance(m, _BN_TYPES)]
     if not layers:
         return 0
     momenta = [m.momentum for m in layers]
-    for m in layers:
-        m.reset_running_stats()
-    encoder.train()
     seen = 0
     try:
         for x in inputs:
+            if x.shape[0] == 0:
+                continue
+            if seen == 0:
+                for m in layers:
+                    m.reset_running_stats()
+                encoder.train()
             # Momentum b / (seen + b) makes the running statistics the average of the batch
             # statistics weighted by batch size: a short last batch counts for what it holds.
             for m in layers:
@@ -52,8 +59,26 @@ def recalibrate_batchnorm(
     finally:
         for m, momentum in zip(layers, momenta, strict=True):
             m.momentum = momentum
-        encoder.eval()
+        if seen:
+            encoder.eval()
+    if seen == 0:
+        raise DataError(
+            "BatchNorm recalibration received no clip (every calibration clip failed to decode, "
+            "or none was given); the encoder's statistics were left unchanged. Fix or re-index "
+            "the files reported as unreadable (`xdc index` re-probes them) and run again"
+        )
     return seen
+
+
+def valid_inputs(batches: Iterable[Mapping[str, Any]], modality: str) -> Iterator[Tensor]:
+    """The ``modality`` tensors of the valid samples of collated ``batches`` (a sample whose file
+    failed to decode has ``valid`` False and zeros: it must not enter BatchNorm statistics)."""
+    for batch in batches:
+        x = batch[modality]
+        if "valid" in batch:
+            x = x[batch["valid"].bool()]
+        if x.shape[0]:
+            yield x
 
 
 @dataclass

@@ -7,12 +7,15 @@ Every input is checked before any work starts; each problem is one line naming t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,7 +24,7 @@ from xdc import atomic, optim
 from xdc import distributed as dist
 from xdc.config import PretrainConfig, cluster_k, config_diff, config_from_dict
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader
-from xdc.data.manifest import Manifest, read_manifest
+from xdc.data.manifest import MANIFEST_COLUMNS, Manifest, read_manifest
 from xdc.errors import ConfigError, DataError
 from xdc.methods import LABELS, MODALITIES, Method, get_method
 
@@ -29,6 +32,11 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 RUN_INFO_NAME = "run.json"
 FAILURES_NAME = "failures.txt"
+ALLOW_DATA_CHANGE = "--allow-data-change"
+"""The ``xdc pretrain`` flag (``allow_data_change=True`` in Python) that resumes a run on data
+other than it was trained on."""
+DETERMINISTIC_CUBLAS = (":4096:8", ":16:8")
+"""``CUBLAS_WORKSPACE_CONFIG`` values under which cuBLAS is deterministic (CUDA's documentation)."""
 
 
 @dataclass
@@ -78,7 +86,9 @@ class RunContext:
         if not new:
             return
         self.failures.update(new)
-        with (self.out / FAILURES_NAME).open("a", encoding="utf-8") as fh:
+        with (self.out / FAILURES_NAME).open(
+            "a", encoding="utf-8", errors="backslashreplace"
+        ) as fh:
             fh.writelines(f"{f}\n" for f in new)
         for f in new:
             print(
@@ -93,8 +103,11 @@ def open_run(
     split: str | None,
     device: str | None = None,
     progress: bool = True,
+    allow_data_change: bool = False,
 ) -> RunContext:
-    """Check every input, prepare ``out`` (config.json) and the datasets; no heavy work yet."""
+    """Check every input, prepare ``out`` (config.json, run.json) and the datasets; no heavy
+    work yet. An existing run is resumed only on the data it was trained on
+    (``check_run_data``) unless ``allow_data_change``."""
     dist.init_distributed()
     method = get_method(config.method)
     manifest = read_manifest(data).select(split)
@@ -108,9 +121,13 @@ def open_run(
     dev = resolve_device(device)
     # Every input is valid: only now create the run folder and do work.
     out = Path(out)
+    identity = data_identity(manifest, split)
     check_run_folder(out, config)
+    info, notes = check_run_data(out, identity, allow_data_change)
     if dist.is_main():
-        write_run_info(out, manifest, split)
+        atomic.write_json(out / RUN_INFO_NAME, info)
+        for note in notes:
+            print(f"note: {note}", flush=True)
     if config.data.cache == "memory":
         eval_set.cache = train_set.build_cache(progress and dist.is_main())
     amp_dtype = optim.amp_dtype(dev, config.train.amp)
@@ -128,6 +145,10 @@ def open_run(
         per_epoch,
         num_labels,
     )
+    failures_file = out / FAILURES_NAME
+    if failures_file.is_file():  # a resumed run: the files it already reported stay reported once
+        text = failures_file.read_text(encoding="utf-8", errors="backslashreplace")
+        ctx.failures.update(line for line in text.splitlines() if line)
     if config.cluster.views > 1:
         ctx.view_set = ClipDataset(
             manifest, config.data, train=True, modalities=MODALITIES, replace_failed=False
@@ -144,6 +165,14 @@ def check_sizes(
     config: PretrainConfig, method: Method, manifest: Manifest, n_videos: int, split: str | None
 ) -> None:
     where = f"{len(manifest)} videos of split {split!r}" if split else f"{len(manifest)} videos"
+    t = config.train
+    if t.patience > 0 and t.val_fraction > 0 and round(t.val_fraction * n_videos) == 0:
+        raise ConfigError(
+            f"train.val_fraction={t.val_fraction:g} holds out none of the {n_videos} usable "
+            f"videos ({where}), and train.patience={t.patience} needs held-out videos to stop "
+            f"an iteration early; set train.val_fraction to at least {1 / n_videos:.3g} "
+            "(one video), or train.patience=0 (every iteration runs train.max_epochs)"
+        )
     for clustering in method.clusterings:
         if clustering.name == LABELS:
             if not manifest.label_names or min(manifest.labels()) < 0:
@@ -175,29 +204,119 @@ def check_run_folder(out: Path, config: PretrainConfig) -> None:
                 "pass the same preset and overrides to resume it, or a new --out"
             )
         return
-    if out.exists() and any(out.iterdir()) and dist.is_main():
+    # A kill during the first write of config.json leaves only that write's temporary file.
+    leftovers = atomic.temporaries(path)
+    if out.exists() and any(p not in leftovers for p in out.iterdir()) and dist.is_main():
         raise ConfigError(
             f"--out {out} exists and is not an xdc run folder; pass a new or empty folder"
         )
     if dist.is_main():
+        for p in leftovers:
+            p.unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(path, config.to_json() + "\n")
 
 
-def write_run_info(out: Path, manifest: Manifest, split: str | None) -> None:
-    """RUN/run.json: which manifest and split the run trained on (its pseudo-labels index these
-    rows), for the evaluation commands and the report."""
-    info = {
+def manifest_hash(manifest: Manifest) -> str:
+    """SHA-256 of what a run's pseudo-labels and clips depend on: the rows (in order) and their
+    standard columns — path as written (relative paths survive a move of the data folder), label,
+    split, duration, streams, sizes — and the label mapping. Extra columns do not count."""
+    content = {
+        "columns": list(MANIFEST_COLUMNS),
+        "rows": [[row.get(c, "") for c in MANIFEST_COLUMNS] for row in manifest.rows],
+        "label_names": list(manifest.label_names),
+    }
+    return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+def data_identity(manifest: Manifest, split: str | None) -> dict[str, Any]:
+    """What RUN/run.json records of the data a run trains on (``manifest`` is its split)."""
+    return {
         "data": str(Path(manifest.source or "").resolve()),
+        "manifest_sha256": manifest_hash(manifest),
         "split": split,
         "num_videos": len(manifest),
         "label_names": list(manifest.label_names),
+        "world_size": dist.world_size(),
     }
-    atomic.write_json(out / RUN_INFO_NAME, info)
+
+
+def check_run_data(
+    out: Path, identity: dict[str, Any], allow_data_change: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """Compare the data a run in ``out`` was trained on (RUN/run.json) with ``identity``.
+
+    Returns the run.json to write and notes to print. A manifest whose content differs (its
+    pseudo-labels index rows), another split or another number of processes is refused with a
+    ``ConfigError`` naming what differs unless ``allow_data_change``; a manifest that only moved
+    (same content hash, another path) is accepted with a note. Either way the new location is
+    recorded and the previous record kept under ``history``.
+    """
+    path = out / RUN_INFO_NAME
+    if not path.is_file():
+        return dict(identity), []
+    old = json.loads(path.read_text(encoding="utf-8"))
+    history = list(old.pop("history", []))
+    old_hash = old.get("manifest_sha256")
+    diffs = []
+    if old_hash is not None and old_hash != identity["manifest_sha256"]:
+        diffs.append(
+            f"manifest content (sha256 {old_hash[:12]} when trained, "
+            f"{identity['manifest_sha256'][:12]} now: rows, paths, durations, labels or splits "
+            "changed)"
+        )
+    if old.get("num_videos") is not None and old["num_videos"] != identity["num_videos"]:
+        diffs.append(f"videos ({old['num_videos']} when trained, {identity['num_videos']} now)")
+    if old.get("label_names") is not None and old["label_names"] != identity["label_names"]:
+        gone = sorted(set(old["label_names"]) - set(identity["label_names"]))
+        new = sorted(set(identity["label_names"]) - set(old["label_names"]))
+        diffs.append(
+            f"classes ({len(old['label_names'])} when trained, {len(identity['label_names'])} "
+            f"now; removed: {', '.join(gone[:5]) or 'none'}; added: {', '.join(new[:5]) or 'none'})"
+        )
+    if old.get("split", None) != identity["split"]:
+        diffs.append(f"split ({old.get('split')!r} when trained, {identity['split']!r} now)")
+    if old.get("world_size") is not None and old["world_size"] != identity["world_size"]:
+        diffs.append(
+            f"world size ({old['world_size']} processes when trained, {identity['world_size']} now)"
+        )
+    moved = old.get("data") != identity["data"]
+    if moved and (diffs or old_hash is None):
+        unverified = "" if old_hash is not None else " (run.json has no content hash to compare)"
+        diffs.insert(
+            0, f"manifest path ({old.get('data')} when trained, {identity['data']} now{unverified})"
+        )
+    if diffs and not allow_data_change:
+        raise ConfigError(
+            f"{out} was trained on other data: {'; '.join(diffs)}. Its pseudo-labels and "
+            "held-out videos index the rows it was trained on: pass the same --data and --split "
+            f"and the same number of processes to resume it, a new --out, or {ALLOW_DATA_CHANGE} "
+            "to resume it anyway"
+        )
+    if old.get("num_videos") is not None and old["num_videos"] != identity["num_videos"]:
+        raise ConfigError(
+            f"{out} was trained on {old['num_videos']} videos and the data now has "
+            f"{identity['num_videos']}: its pseudo-labels index those rows, so it cannot resume on "
+            f"other rows, even with {ALLOW_DATA_CHANGE}; pass a new --out"
+        )
+    notes = []
+    if diffs:
+        notes.append(f"resuming {out} on changed data ({ALLOW_DATA_CHANGE}): {'; '.join(diffs)}")
+    elif moved:
+        notes.append(
+            f"the manifest of {out} moved from {old.get('data')} to {identity['data']} "
+            f"(same content, sha256 {identity['manifest_sha256'][:12]}); resuming"
+        )
+    info = dict(identity)
+    if diffs or moved:
+        history.append({**old, "replaced_by": "allow_data_change" if diffs else "moved"})
+    if history:
+        info["history"] = history
+    return info, notes
 
 
 def read_run_info(run: str | Path) -> dict:
-    """The manifest and split a run trained on (see ``write_run_info``)."""
+    """The manifest and split a run trained on (see ``data_identity`` and ``check_run_data``)."""
     path = Path(run) / RUN_INFO_NAME
     if not path.is_file():
         raise DataError(f"{path} not found: {run} is not a run folder made by `xdc pretrain`")
@@ -220,12 +339,30 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 @contextlib.contextmanager
-def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+def deterministic_algorithms(enabled: bool, device: torch.device | None = None) -> Iterator[None]:
     """``torch.use_deterministic_algorithms(True)`` for the block when ``enabled``; the previous
-    setting is restored afterwards, also on errors."""
+    setting is restored afterwards, also on errors.
+
+    On a CUDA ``device``, cuBLAS is deterministic only with ``CUBLAS_WORKSPACE_CONFIG`` set to
+    ``:4096:8`` or ``:16:8`` before its first use: the block sets ``:4096:8`` when the variable is
+    unset (and unsets it again afterwards), and refuses another value with a ``ConfigError``.
+    """
     if not enabled:
         yield
         return
+    restore_env = False
+    if device is not None and device.type == "cuda":
+        value = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        if value is None:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = DETERMINISTIC_CUBLAS[0]
+            restore_env = True
+        elif value not in DETERMINISTIC_CUBLAS:
+            raise ConfigError(
+                f"train.deterministic=true on CUDA needs CUBLAS_WORKSPACE_CONFIG="
+                f"{DETERMINISTIC_CUBLAS[0]} (or {DETERMINISTIC_CUBLAS[1]}), but the environment "
+                f"sets {value!r}; unset it (xdc then sets {DETERMINISTIC_CUBLAS[0]}), set one of "
+                "those, or set train.deterministic=false"
+            )
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
@@ -233,3 +370,5 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        if restore_env:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

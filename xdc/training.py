@@ -41,7 +41,13 @@ from xdc.deep_clustering import (
 )
 from xdc.diagnostics import sync_warnings, warn_after_clustering, warn_after_iteration
 from xdc.errors import TrainingDiverged
-from xdc.features import ClipFeatures, calibrated_copy, calibration_keys, extract_features
+from xdc.features import (
+    ClipFeatures,
+    calibrated_copy,
+    calibration_keys,
+    extract_features,
+    valid_inputs,
+)
 from xdc.loop_state import LoopState, checkpoint, restore
 from xdc.methods import MODALITIES, Method, get_method
 from xdc.pseudolabels import PseudoLabels, balanced_weights, format_stats, make_pseudo_labels
@@ -56,13 +62,16 @@ def pretrain(
     split: str | None = "train",
     device: str | None = None,
     progress: bool = True,
+    allow_data_change: bool = False,
 ) -> LoopState:
     """Pretrain both encoders with ``config.method`` on the videos of ``data`` (a manifest).
 
-    Resumes automatically from ``out/checkpoint.pt``; a finished run returns at once.
+    Resumes automatically from ``out/checkpoint.pt``; a finished run returns at once. A run is
+    resumed only on the data it was trained on — the same manifest content, split and number of
+    processes (RUN/run.json; a manifest that moved is fine) — unless ``allow_data_change``.
     """
-    run = open_run(config, data, out, split, device, progress)
-    with deterministic_algorithms(config.train.deterministic):
+    run = open_run(config, data, out, split, device, progress, allow_data_change)
+    with deterministic_algorithms(config.train.deterministic, run.device):
         return _pretrain(run)
 
 
@@ -93,8 +102,10 @@ def _pretrain(run: RunContext) -> LoopState:
         run_iteration(state, model, train_model, optimizer, scaler, run, log)
     state.finished = True
     check_replicas_agree(model)
-    checkpoint(run, state, model, optimizer, scaler, log)
+    # Logged before the final checkpoint, which then covers it: a kill in between cannot leave a
+    # finished run without its record.
     log.write("finished", step=state.step, iterations=state.iteration)
+    checkpoint(run, state, model, optimizer, scaler, log)
     log.close()
     run.say(f"done: {run.out}/{CHECKPOINT_NAME}")
     return state
@@ -162,7 +173,7 @@ def run_extraction(
             keys = calibration_keys(rows, n_cal, rng, augmented)
             enc = calibrated_copy(
                 enc, _reported(run.loader(dataset, keys, shard=False), m, run), run.device
-            )
+            )  # raises DataError when no calibration clip decoded
         encoders[m] = enc.eval()
     if run.view_set is None:
         loader = run.loader(run.eval_set, fixed_keys(rows), contiguous=True)
@@ -177,10 +188,11 @@ def run_extraction(
 def _reported(
     batches: Iterable[dict[str, Any]], modality: str, run: RunContext
 ) -> Iterator[Tensor]:
-    """The ``modality`` inputs of ``batches``, their decoding failures reported to the run."""
+    """The ``modality`` inputs of the valid samples of ``batches`` (a file that failed to decode
+    comes back as zeros, which must not enter BatchNorm statistics), failures reported to the run."""
     for batch in batches:
         run.report_failures(batch["failures"])
-        yield batch[modality]
+        yield from valid_inputs([batch], modality)
 
 
 def _averaged_views(
@@ -254,7 +266,10 @@ def run_iteration(
             f"({stats['clips_per_s']:.1f} clips/s)"
         )
         state.epoch += 1
-        if state.epoch >= t.max_epochs or (t.patience and state.bad_epochs >= t.patience):
+        # Patience needs a held-out set (config validation and open_run refuse patience without
+        # one); with no held-out video the loss is NaN and never improves: run max_epochs.
+        early = t.patience and len(state.val_rows) and state.bad_epochs >= t.patience
+        if state.epoch >= t.max_epochs or early:
             warn_after_iteration(log, state, run.method)
             state.iteration, state.epoch, state.phase = state.iteration + 1, 0, "cluster"
         checkpoint(run, state, model, optimizer, scaler, log)

@@ -71,8 +71,10 @@ class ClipDataset(Dataset[dict[str, Any]]):
             window of a video file is the one a full decode gives, and for an audio-only file the
             clip *is* the audio window (``num_frames=0``: the clip span is the window).
         replace_failed: when a file fails to decode, draw another row (bounded by
-            ``max_failures``) and report the failure in the sample's ``failures``. When False, the
-            sample comes back with ``valid=False`` and zero tensors, for the caller to count.
+            ``max_failures``; the draws are a function of the key alone, see ``__getitem__``) and
+            report the failure in the sample's ``failures`` — every time it is hit: the run
+            reports each file once. When False, the sample comes back with ``valid=False`` and
+            zero tensors, for the caller to count.
     """
 
     def __init__(
@@ -110,7 +112,10 @@ class ClipDataset(Dataset[dict[str, Any]]):
         """Decoded videos in RAM (``build_cache``); rows not in it are decoded from disk."""
         self.replacement_pool: list[int] = list(self.rows)
         """Rows a failed file may be replaced by (the trainer narrows it to its training rows)."""
-        self._bad_rows: set[int] = set()
+        self._failed: dict[tuple[int, float], str] = {}
+        """``"path: reason"`` of the (row, clip start) pairs that failed to decode in this process:
+        only to skip decoding them again; a sample is the same with or without it."""
+        self._warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -170,21 +175,35 @@ class ClipDataset(Dataset[dict[str, Any]]):
         return span * (key.clip + 0.5) / max(1, key.num_clips)
 
     def __getitem__(self, key: ClipKey | int) -> dict[str, Any]:
+        """The clip of ``key``: a pure function of the key (and of the files), whatever process
+        loads it and whatever it loaded before.
+
+        Every attempt draws its clip (start, crop, augmentation) from a fresh generator seeded
+        with ``key.seed``; when a file fails, the row that replaces it is the next draw of a
+        stream of its own (a child of ``key.seed``), so the sequence of replacements does not
+        depend on which failures this process has already seen.
+        """
         if isinstance(key, int):
             key = ClipKey(self.rows[key], seed=key, clip=-1 if self.train else 0)
-        rng = np.random.default_rng(key.seed)
+        replacements = np.random.default_rng(np.random.SeedSequence(key.seed, spawn_key=(1,)))
         failures: list[str] = []
         row = key.row
         while True:
-            if row not in self._bad_rows:
+            rng = np.random.default_rng(key.seed)
+            start = self.clip_start(row, key, rng)
+            failure = self._failed.get((row, start))
+            if failure is None:
                 try:
-                    sample = self._load(row, key, rng)
+                    sample = self._load(row, key, rng, start)
                     sample["failures"] = failures
                     return sample
                 except DecodeError as err:
-                    self._bad_rows.add(row)
-                    failures.append(f"{err.path}: {err.reason}")
-                    log.warning("skipping unreadable video %s (%s)", err.path, err.reason)
+                    failure = f"{err.path}: {err.reason}"
+                    self._failed[(row, start)] = failure
+                    if err.path not in self._warned:  # logged once per file and process
+                        self._warned.add(err.path)
+                        log.warning("skipping unreadable video %s (%s)", err.path, err.reason)
+            failures.append(failure)
             if not self.replace_failed:
                 return self._invalid(row, key, failures)
             if len(failures) >= self.max_failures:
@@ -192,10 +211,12 @@ class ClipDataset(Dataset[dict[str, Any]]):
                     f"{len(failures)} videos in a row failed to decode (last: {failures[-1]}); "
                     "re-run `xdc index` to re-probe the files, or fix the files listed above"
                 )
-            row = self.replacement_pool[int(rng.integers(len(self.replacement_pool)))]
+            row = self.replacement_pool[int(replacements.integers(len(self.replacement_pool)))]
 
-    def _load(self, row: int, key: ClipKey, rng: np.random.Generator) -> dict[str, Any]:
-        start = self.clip_start(row, key, rng)
+    def _load(
+        self, row: int, key: ClipKey, rng: np.random.Generator, start: float
+    ) -> dict[str, Any]:
+        """The clip of ``row`` starting at ``start``; ``rng`` draws its crop and augmentation."""
         path = self.manifest.path(row)
         spec = self.spec_for(row)
         if self.cache is not None and row in self.cache:

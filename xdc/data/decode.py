@@ -33,10 +33,23 @@ Time conventions (all in seconds, on the file's presentation timeline):
 - Audio is read from the seek point on: an audio packet that starts before the keyframe the seek
   lands on is not seen. Real files interleave short packets, so this never matters, except for
   files that hold their audio in a few long blocks (a whole PCM track in one Matroska block).
+- Frame rate: frames are chosen by their timestamps, never by a declared rate, so a file whose
+  header declares its time base as its rate (an AVI with a millisecond clock: "1000 fps", empty
+  frames in the gaps) gives the frames a viewer sees; at the manifest's ``fps`` (the real rate,
+  ``xdc.data.probe``) every source frame once.
+
+Whatever the file holds, ``decode_clip`` returns a clip or raises ``DecodeError``: FFmpeg's errors
+are wrapped with their message, a codec this FFmpeg cannot decode and a frame larger than
+``MAX_FRAME_PIXELS`` (a damaged header) are refused before anything is decoded, audio that PyAV
+cannot hand over as numpy arrays (planar with 8 or more channels, as 7.1 AAC; 64-bit integer
+samples) is converted by FFmpeg first, and any other error on a damaged file becomes a
+``DecodeError`` whose reason starts with "unexpected error".
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -46,9 +59,10 @@ import av.error
 import numpy as np
 
 from xdc.data.audio_window import AudioWindow
-from xdc.errors import ConfigError, DecodeError
+from xdc.data.probe import MAX_FRAME_PIXELS
+from xdc.errors import ConfigError, DecodeError, XdcError
 
-# What PyAV raises for bad files: FFmpeg errors, OS errors, and (PyAV <= 18) undecodable metadata.
+# What PyAV raises for bad files: FFmpeg errors, OS errors, and undecodable text (a subtitle).
 _AV_ERRORS = (av.error.FFmpegError, OSError, UnicodeDecodeError)
 # swscale threads: PyAV >= 17 defaults to one per CPU, which only costs on small frames and in
 # DataLoader workers; older versions have no such argument and scale on one thread.
@@ -56,6 +70,12 @@ _RGB24 = (
     {"format": "rgb24", "threads": 1}
     if int(av.__version__.split(".")[0]) >= 17
     else {"format": "rgb24"}
+)
+# AVFrame's fixed list of plane pointers: PyAV cannot read planar audio with this many channels.
+_PYAV_PLANE_POINTERS = 8
+# Sample formats PyAV's AudioFrame.to_ndarray converts (the others are converted first).
+_NUMPY_AUDIO_FORMATS = frozenset(
+    ["dbl", "dblp", "flt", "fltp", "s16", "s16p", "s32", "s32p", "u8", "u8p"]
 )
 # Seek this much before the earliest time needed: gives the audio decoder (AAC frames overlap) and
 # swresample's filter a few frames of history, and lands safely before keyframes at the exact time.
@@ -70,6 +90,8 @@ VIDEO_DECODER_THREADS = 1
 # When the video ends (EOF) this much earlier than the declared duration and the clip needs frames
 # there, the file is treated as truncated rather than padded silently.
 TRUNCATION_TOLERANCE_SEC = 0.5
+# A declared duration beyond this (a year) is a damaged header, not a recording: taken as unknown.
+_MAX_DURATION_SEC = 366 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +177,10 @@ def video_duration(path: str | Path) -> float:
             duration = _declared_video_duration(container, _video_stream(container, path))
     except _AV_ERRORS as error:
         raise DecodeError(path, f"cannot probe: {_describe(error)}") from error
+    except XdcError:
+        raise
+    except Exception as error:  # a damaged file PyAV trips on: still this file's error
+        raise DecodeError(path, f"unexpected error while probing: {_describe(error)}") from error
     if duration is None:
         raise DecodeError(path, "unknown duration (the container declares none)")
     return duration
@@ -184,17 +210,27 @@ def decode_clip(
         container = _open(path)
     except _AV_ERRORS as error:
         raise DecodeError(path, f"cannot open: {_describe(error)}") from error
+    except XdcError:
+        raise
+    except Exception as error:  # a damaged file PyAV trips on: still this file's error
+        raise DecodeError(path, f"unexpected error while opening: {_describe(error)}") from error
     try:
         with container:
             return _decode_from_container(container, path, float(start_sec), spec, duration_sec)
     except _AV_ERRORS as error:
         raise DecodeError(path, f"decoding failed: {_describe(error)}") from error
+    except XdcError:
+        raise
+    except Exception as error:  # a damaged file PyAV trips on: still this file's error
+        raise DecodeError(path, f"unexpected error while decoding: {_describe(error)}") from error
 
 
 def _open(path: str) -> Any:
     if not Path(path).is_file():
         raise DecodeError(path, "file not found" if not Path(path).exists() else "not a file")
-    return av.open(path)
+    # Metadata that is not UTF-8 (Latin-1 titles of old AVI and MP3 files) must not stop the
+    # decoding of the media it describes: the probe keeps such files too.
+    return av.open(path, metadata_errors="replace")
 
 
 def _describe(error: Exception) -> str:
@@ -209,8 +245,35 @@ def _video_stream(container: Any, path: str) -> Any:
     return container.streams.video[0]
 
 
+def _decodable(path: str, stream: Any) -> Any:
+    """``stream``, checked before decoding: a decoder exists and a frame fits in memory."""
+    context = stream.codec_context
+    if context is None:
+        raise DecodeError(path, f"this FFmpeg build has no decoder for its {stream.type} codec")
+    if stream.type == "video":
+        _check_frame_size(path, context.width, context.height)
+    return stream
+
+
+def _check_frame_size(path: str, width: int, height: int) -> None:
+    if width * height > MAX_FRAME_PIXELS:
+        raise DecodeError(
+            path,
+            f"frame size {width}x{height} is over the limit of {MAX_FRAME_PIXELS} pixels "
+            "(a damaged header?)",
+        )
+
+
 def _declared_video_duration(container: Any, stream: Any) -> float | None:
-    """Video duration from the header: the stream's, else Matroska's DURATION tag, else the file's."""
+    """Video duration from the header: the stream's, else Matroska's DURATION tag, else the file's.
+
+    None when it declares none, or a time that is not positive, finite and under a year (a
+    damaged header may say 0 or 1e18).
+    """
+    return _sane(_header_video_duration(container, stream))
+
+
+def _header_video_duration(container: Any, stream: Any) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     tag = stream.metadata.get("DURATION")
@@ -225,6 +288,13 @@ def _declared_video_duration(container: Any, stream: Any) -> float | None:
     return None
 
 
+def _sane(duration: float | None) -> float | None:
+    """``duration`` when it is a usable time span (positive, finite, under a year), else None."""
+    if duration is None or not math.isfinite(duration) or not 0 < duration < _MAX_DURATION_SEC:
+        return None
+    return duration
+
+
 def _clamp_start(start_sec: float, duration: float | None, clip_sec: float) -> float:
     start = max(0.0, start_sec)
     if duration is not None and start >= duration:
@@ -237,18 +307,18 @@ def _decode_from_container(
 ) -> Clip:
     if not spec.decode_video:
         return decode_audio_only(container, path, start_sec, spec, duration_sec)
-    vstream = _video_stream(container, path)
+    vstream = _decodable(path, _video_stream(container, path))
     astream = None
     if spec.audio_samples is not None:
         if not container.streams.audio:
             raise DecodeError(path, "no audio stream")
-        astream = container.streams.audio[0]
+        astream = _decodable(path, container.streams.audio[0])
     vstream.codec_context.thread_count = VIDEO_DECODER_THREADS
-    duration = duration_sec if duration_sec else _declared_video_duration(container, vstream)
+    duration = _sane(duration_sec) or _declared_video_duration(container, vstream)
 
     start = _clamp_start(start_sec, duration, clip_duration(spec))
     lookup_times = _lookup_times(path, start, spec, duration)
-    picker = _FramePicker(lookup_times, spec.resize_short)
+    picker = _FramePicker(path, lookup_times, spec.resize_short)
     audio_window = None
     earliest = float(lookup_times.min())
     if astream is not None:
@@ -293,16 +363,17 @@ def decode_audio_only(
     """
     if not container.streams.audio:
         raise DecodeError(path, "no audio stream")
-    astream = container.streams.audio[0]
-    duration = duration_sec if duration_sec else _declared_duration(container, astream)
+    astream = _decodable(path, container.streams.audio[0])
+    duration = _sane(duration_sec) or _declared_duration(container, astream)
     start = _clamp_start(start_sec, duration, clip_duration(spec))
     window = _audio_window(path, astream, start, spec)
+    readable = _ReadableAudio()
     seek_sec = window.start_sample / spec.sample_rate - SEEK_MARGIN_SEC
     if seek_sec > 0:  # a freshly opened file is already at its start
         container.seek(int(seek_sec * av.time_base), backward=True)
     for packet in container.demux(astream):
         if window.wants(packet):
-            for frame in packet.decode():
+            for frame in readable(packet.decode()):
                 window.push(frame)
         if window.done:
             break
@@ -321,9 +392,9 @@ def _declared_duration(container: Any, astream: Any) -> float | None:
     if container.streams.video:
         return _declared_video_duration(container, container.streams.video[0])
     if astream.duration is not None and astream.time_base is not None:
-        return float(astream.duration * astream.time_base)
+        return _sane(float(astream.duration * astream.time_base))
     if container.duration is not None:
-        return float(container.duration / av.time_base)
+        return _sane(float(container.duration / av.time_base))
     return None
 
 
@@ -389,17 +460,49 @@ def _demux(
     decoder, so the last frames still arrive.
     """
     streams = [vstream] if astream is None else [vstream, astream]
+    readable = _ReadableAudio()
     for packet in container.demux(streams):
         if packet.stream is vstream:
             if not picker.done:
                 for frame in packet.decode():
                     picker.push(frame)
         elif audio_window is not None and audio_window.wants(packet):
-            for frame in packet.decode():
+            for frame in readable(packet.decode()):
                 audio_window.push(frame)
         if picker.done and (audio_window is None or audio_window.done):
             return False
     return True
+
+
+class _ReadableAudio:
+    """Decoded audio frames that PyAV can turn into numpy arrays; FFmpeg converts the others
+    (keeping their samples, channels and timestamps) before they reach the audio window:
+
+    - a planar frame with 8 or more channels (7.1 AAC, or the 44 channels a damaged stream
+      announces) becomes one packed plane: PyAV (up to 18 at least) finds a frame's planes by
+      reading its plane pointers up to the first null one, which runs past the end of the list
+      for such a frame, and ``to_ndarray`` then reads memory that is not the frame's (a crash);
+    - a sample format PyAV has no numpy type for (64-bit integers: a valid ``pcm_s64le`` WAV)
+      becomes 64-bit floats.
+    """
+
+    def __init__(self) -> None:
+        self._converters: dict[tuple[str, str, int], Any] = {}
+
+    def __call__(self, frames: Any) -> Iterator[Any]:
+        for frame in frames:
+            name, planar = frame.format.name, frame.format.is_planar
+            many = planar and frame.layout.nb_channels >= _PYAV_PLANE_POINTERS
+            if name in _NUMPY_AUDIO_FORMATS and not many:
+                yield frame
+                continue
+            key = (name, frame.layout.name, frame.sample_rate)
+            if key not in self._converters:
+                target = frame.format.packed.name if name in _NUMPY_AUDIO_FORMATS else "dbl"
+                self._converters[key] = av.AudioResampler(
+                    format=target, layout=frame.layout, rate=frame.sample_rate
+                )
+            yield from self._converters[key].resample(frame)
 
 
 class _FramePicker:
@@ -409,7 +512,8 @@ class _FramePicker:
     soon as a frame later than it arrives, and only settled frames are converted to RGB.
     """
 
-    def __init__(self, lookup_times: np.ndarray, resize_short: int | None) -> None:
+    def __init__(self, path: str, lookup_times: np.ndarray, resize_short: int | None) -> None:
+        self.path = path
         self.order = np.argsort(lookup_times, kind="stable")
         self.sorted_times = lookup_times[self.order]
         self.resize_short = resize_short
@@ -425,6 +529,7 @@ class _FramePicker:
         return self.next_target == len(self.sorted_times)
 
     def push(self, frame: Any) -> None:
+        _check_frame_size(self.path, frame.width, frame.height)  # the header may not have said
         time = frame.time
         if time is None:  # no timestamp: assume it follows the previous frame closely
             time = (self.last_time or 0.0) + FRAME_TIME_EPS_SEC

@@ -6,16 +6,25 @@ Every file is probed (``xdc.data.probe.probe_file``: open, read the stream info,
 video frame, check that the video data reaches the declared end) in a process pool. Usable files go
 to the manifest; the others go to ``rejected.csv`` next to it with one reason of
 ``REJECTION_REASONS`` (missing, unreadable, empty file, not a media file, corrupt, truncated, no
-video or audio stream, undecodable video, undecodable audio, zero duration: ``xdc.data.probe``
-says what each means).
+video or audio stream, undecodable video, undecodable audio, zero duration, probe failed:
+``xdc.data.probe`` says what each means).
+
+No file can stop the index: an error nobody foresaw while probing one file rejects that file
+(``probe failed``, with the error), and a probing process that dies (FFmpeg crashing on a file)
+costs only the file it was probing (``_probe_in_pool``). Any name the file system allows is
+indexed: paths are written in the manifest's cell form (``xdc.data.manifest.encode_path``: the
+path itself, or ``file:`` + the path with ``%XX`` escapes when it holds bytes that are not
+UTF-8, control characters or whitespace at an end), in the manifest, ``rejected.csv`` and the
+probe cache alike, and read back byte for byte; a folder name that is not UTF-8 becomes a label
+with ``\\xNN`` escapes. A source CSV may name files in that form too.
 
 Files without audio are kept (``has_audio`` 0, ``sample_rate`` and ``audio_channels`` 0), and so
 are audio-only files (``has_video`` 0: ESC-50 ``.wav`` files for ``xdc audio-probe``; a folder scan
 picks up ``AUDIO_EXTENSIONS`` too). Pretraining and video features leave audio-only rows out.
 Re-runs re-use probes (kept and rejected) from ``<manifest>.probe-cache.json`` for files whose
-size and mtime_ns did not change; "missing" and "unreadable" are checked again every run (a chmod
-does not change mtime). ``--splits-dir`` fills ``split`` (and ``split_1``… for every official
-split present) from UCF101 or HMDB51 split files (``xdc.data.splits``).
+size and mtime_ns did not change; "missing", "unreadable" and "probe failed" are checked again
+every run (a chmod does not change mtime). ``--splits-dir`` fills ``split`` (and ``split_1``… for
+every official split present) from UCF101 or HMDB51 split files (``xdc.data.splits``).
 """
 
 from __future__ import annotations
@@ -25,17 +34,31 @@ import io
 import json
 import os
 import tempfile
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from xdc import atomic
-from xdc.data.manifest import MANIFEST_COLUMNS, write_manifest
-from xdc.data.probe import MISSING, REJECTION_REASONS, UNREADABLE, ProbeResult, probe_file
+from xdc.data.manifest import (
+    MANIFEST_COLUMNS,
+    decode_path,
+    encode_path,
+    text_cell,
+    write_manifest,
+)
+from xdc.data.probe import (
+    MISSING,
+    PROBE_FAILED,
+    REJECTION_REASONS,
+    UNREADABLE,
+    ProbeResult,
+    probe_file,
+)
 from xdc.data.splits import apply_official_splits, load_official_splits, read_official_splits
 from xdc.errors import DataError
 
@@ -112,7 +135,7 @@ def _scan_folder(source: Path) -> list[_Entry]:
     root = os.path.abspath(source)
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        label = "" if folder == root else os.path.basename(folder)
+        label = "" if folder == root else text_cell(os.path.basename(folder))
         for name in sorted(files):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in _MEDIA_EXTENSIONS:
                 entries.append(_Entry(os.path.join(folder, name), {"label": label, "split": ""}))
@@ -120,23 +143,31 @@ def _scan_folder(source: Path) -> list[_Entry]:
 
 
 def _read_source_csv(source: Path) -> tuple[list[_Entry], list[str]]:
-    with source.open(newline="", encoding="utf-8-sig") as fh:  # -sig: spreadsheets add a BOM
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if "path" not in columns:
-            raise DataError(
-                f"{source}: no 'path' column (columns: {columns}); add a header row "
-                "with a 'path' column of video paths, relative to the CSV's folder"
-            )
-        # Cells beyond the header (key None) belong to no column: drop them.
-        rows = [
-            {k.strip(): (v or "").strip() for k, v in r.items() if k is not None} for r in reader
-        ]
+    try:
+        with source.open(newline="", encoding="utf-8-sig") as fh:  # -sig: spreadsheets add a BOM
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            if "path" not in columns:
+                raise DataError(
+                    f"{source}: no 'path' column (columns: {columns}); add a header row "
+                    "with a 'path' column of video paths, relative to the CSV's folder"
+                )
+            # Cells beyond the header (key None) belong to no column: drop them.
+            rows = [
+                {k.strip(): (v or "").strip() for k, v in r.items() if k is not None}
+                for r in reader
+            ]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(
+            f"{source}: not a readable CSV ({error}); save it as UTF-8 CSV (a path that is not "
+            "UTF-8 can be written as file: followed by the path with %XX escapes)"
+        ) from None
     extras = [c for c in columns if c not in MANIFEST_COLUMNS]
     folder = source.parent.absolute()
     entries = []
     for line, row in enumerate(rows, 2):
-        path = Path(row["path"]).expanduser() if row.get("path") else None
+        # the manifest's form (file: + %XX escapes) names any path; a plain cell is itself
+        path = Path(decode_path(row["path"])).expanduser() if row.get("path") else None
         absolute = os.path.abspath(folder / path) if path else ""
         kept = {c: row.get(c, "") for c in ("label", "split", *extras)}
         problem = "" if path else f"line {line} of {source} has an empty 'path'"
@@ -149,7 +180,12 @@ def _read_source_csv(source: Path) -> tuple[list[_Entry], list[str]]:
 
 
 class _ProbeCache:
-    """Probe results of earlier runs, keyed by absolute path, valid while size and mtime_ns hold."""
+    """Probe results of earlier runs, valid while size and mtime_ns hold.
+
+    Keyed by absolute path in the manifest's cell form (``encode_path``), so that the JSON stays
+    valid UTF-8 whatever the names. Files that were missing or unreadable, and files whose probe
+    failed unexpectedly, are probed again on every run.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -167,7 +203,7 @@ class _ProbeCache:
             self.note = f"probe cache {path} not used ({error}); probed every file again"
 
     def get(self, path: str, stat: os.stat_result) -> ProbeResult | None:
-        entry = self.entries.get(path)
+        entry = self.entries.get(encode_path(path))
         if (
             not entry
             or entry.get("size") != stat.st_size
@@ -183,9 +219,13 @@ class _ProbeCache:
         """Write the entries of ``results`` (only files still present), atomically."""
         files = {}
         for path, (result, stat) in results.items():
-            if stat is not None and result.reason not in (MISSING, UNREADABLE):
+            if stat is not None and result.reason not in (MISSING, UNREADABLE, PROBE_FAILED):
                 probe = {k: v for k, v in asdict(result).items() if k != "path"}
-                files[path] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "probe": probe}
+                files[encode_path(path)] = {
+                    "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                    "probe": probe,
+                }
         text = json.dumps({"version": _CACHE_VERSION, "files": files}, indent=0, sort_keys=True)
         atomic.write_text(self.path, text)
 
@@ -206,7 +246,7 @@ def _probe_all(
     for path in dict.fromkeys(paths):
         try:
             stat: os.stat_result | None = os.stat(path)
-        except OSError:  # missing or unreadable: probe_file names the reason
+        except (OSError, ValueError):  # missing, unreadable, a NUL in the name: probe_file says
             stat = None
         stats[path] = stat
         cached = cache.get(path, stat) if stat is not None else None
@@ -226,15 +266,67 @@ def _run_probes(paths: list[str], workers: int, progress: bool) -> Iterator[Prob
     with tqdm(total=len(paths), desc="probing", unit="file", disable=not progress) as bar:
         if workers <= 1 or len(paths) <= 1:
             for path in paths:
-                yield probe_file(path)
+                yield _probe_here(path)
                 bar.update()
             return
-        workers = min(workers, len(paths))
-        chunk = max(1, min(16, len(paths) // (workers * 8)))
+        for result in _probe_in_pool(paths, min(workers, len(paths))):
+            yield result
+            bar.update()
+
+
+def _probe_here(path: str) -> ProbeResult:
+    """``probe_file`` in this process; it never raises, but this is the last line of defence."""
+    try:
+        return probe_file(path)
+    except Exception as error:  # one file must not stop the index
+        return ProbeResult(path, PROBE_FAILED, f"{type(error).__name__}: {error}")
+
+
+def _probe_in_pool(paths: list[str], workers: int) -> Iterator[ProbeResult]:
+    """Probe ``paths`` in ``workers`` processes; results come in the order they finish.
+
+    At most two files per process are handed out at a time, so that when a process dies (FFmpeg
+    crashing on a file kills it, and breaks the pool) the files in flight are known: each is then
+    probed alone in a process of its own, the one that dies again is rejected (``probe failed``),
+    and the rest continue in a new pool.
+    """
+    todo = deque(paths)
+    while todo:
+        suspects: list[str] = []
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for result in pool.map(probe_file, paths, chunksize=chunk):
-                yield result
-                bar.update()
+            running: dict[Future[ProbeResult], str] = {}
+            while todo or running:
+                while todo and len(running) < 2 * workers:
+                    path = todo.popleft()
+                    running[pool.submit(probe_file, path)] = path
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = False
+                for future in done:
+                    path = running.pop(future)
+                    try:
+                        yield future.result()
+                    except BrokenProcessPool:
+                        suspects.append(path)
+                        broken = True
+                    except Exception as error:  # e.g. a result that cannot be sent
+                        yield ProbeResult(path, PROBE_FAILED, f"{type(error).__name__}: {error}")
+                if broken:
+                    suspects += running.values()
+                    break
+        for path in suspects:
+            yield _probe_alone(path)
+
+
+def _probe_alone(path: str) -> ProbeResult:
+    """``probe_file`` in a process of its own; a probe that kills the process rejects the file."""
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        try:
+            return pool.submit(probe_file, path).result()
+        except BrokenProcessPool:
+            detail = "the probing process died on this file (FFmpeg crashed?)"
+        except Exception as error:
+            detail = f"{type(error).__name__}: {error}"
+    return ProbeResult(path, PROBE_FAILED, detail)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,6 +407,13 @@ def index_source(
         extra_columns = [c for c in extra_columns if c not in split_columns] + split_columns
         notes.append(note)
     write_manifest(kept, output, extra_columns)
+    outside = [p for p in kept_paths if not _inside(p, output.parent)]
+    if outside:
+        notes.append(
+            f"{len(outside)} of the files lie outside {os.path.abspath(output.parent)} (first: "
+            f"{outside[0]}): commands reading this manifest need `xdc --data-root DIR ...` for "
+            "their folder (or a manifest written in a folder above them)"
+        )
     rejected_path = _write_rejected(rejected, output.parent / "rejected.csv")
     return IndexResult(
         manifest_path=output,
@@ -338,7 +437,7 @@ def _sort_rows(
     rejected: list[dict[str, object]] = []
     for entry in entries:
         result = results[entry.path][0] if entry.path else ProbeResult("", MISSING, entry.problem)
-        shown = _manifest_path(entry.path, root) if entry.path else ""
+        shown = encode_path(_manifest_path(entry.path, root)) if entry.path else ""
         if result.ok:
             kept.append({**entry.columns, "path": shown, **result.columns()})
             kept_paths.append(entry.path)
@@ -365,6 +464,12 @@ def _check_writable(output: Path) -> None:
         ) from None
 
 
+def _inside(path: str | Path, folder: Path) -> bool:
+    """Whether ``path`` lies in ``folder`` once normalised (the manifest reader's rule)."""
+    root = os.path.abspath(folder).rstrip(os.sep) + os.sep
+    return os.path.normpath(os.path.abspath(path)).startswith(root)
+
+
 def _manifest_path(path: str, root: str) -> str:
     """``path`` relative to the manifest's folder, or absolute when on another drive (Windows)."""
     try:
@@ -375,7 +480,7 @@ def _manifest_path(path: str, root: str) -> str:
 
 def _write_rejected(rows: list[dict[str, object]], path: Path) -> Path:
     lines: list[list[str]] = [["path", "reason", "detail"]]
-    lines += [[str(r["path"]), str(r["reason"]), str(r["detail"])] for r in rows]
+    lines += [[text_cell(str(r[c])) for c in ("path", "reason", "detail")] for r in rows]
     buffer = io.StringIO()
     csv.writer(buffer).writerows(lines)
     atomic.write_text(path, buffer.getvalue())

@@ -6,11 +6,28 @@ Columns: ``path`` (relative to the manifest's folder, or absolute), ``label``
 ``height`` (0 without video), ``has_audio`` (0/1), ``sample_rate``, ``audio_channels``, and any
 column the user added, kept as is. A manifest written before ``has_video`` existed reads as
 ``has_video`` = 1 (every file it lists was a video).
+
+The file is UTF-8 text, standard CSV quoting (a name with a comma, a quote or a newline is quoted).
+Paths: every file name the file system allows survives a round trip, byte for byte
+(``encode_path`` / ``decode_path``). A path is written as it is, unless it could not be kept as is:
+bytes that are not UTF-8 (Linux names are bytes; Python holds them as ``os.fsdecode`` gives them),
+control characters (a newline, a tab, …), whitespace at its start or end (cells are stripped
+when read) or a path that itself starts with ``file:``. Such a path is written as ``file:``
+followed by the path with each of those bytes, and each ``%``, as ``%XX`` (hex of the byte; a
+UTF-8 character that needs it: each of its bytes) — every other character as it is. Examples:
+``videos/café.mp4`` saved in Latin-1 (the byte E9 alone is not UTF-8) →
+``file:videos/caf%E9.mp4``; the same name in UTF-8 stays ``videos/café.mp4``; ``a<newline>b.mp4``
+→ ``file:a%0Ab.mp4``; ``100%.mp4`` stays ``100%.mp4``. A person may write either form by hand.
+Other cells that are not valid text (a label from a folder whose name is not UTF-8) are written
+with Python's ``backslashreplace`` escapes (``\\xe9``).
 """
 
 from __future__ import annotations
 
 import csv
+import os
+import unicodedata
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +72,7 @@ class Manifest:
 
     def path(self, i: int) -> Path:
         """Absolute path of row ``i``."""
-        p = Path(self.rows[i]["path"])
+        p = Path(decode_path(self.rows[i]["path"]))
         return p if p.is_absolute() else self.root / p
 
     def label(self, i: int) -> int:
@@ -115,19 +132,70 @@ def read_manifest(path: str | Path) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found; create one with `xdc index SOURCE -o {path}`")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        if "path" not in columns:
-            raise DataError(f"{path}: not a manifest (no 'path' column); columns are {columns}")
-        rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
-    return Manifest(path.parent.resolve(), rows, columns, source=path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = list(reader.fieldnames or [])
+            if "path" not in columns:
+                raise DataError(f"{path}: not a manifest (no 'path' column); columns are {columns}")
+            rows = [{k: (v or "").strip() for k, v in r.items() if k is not None} for r in reader]
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise DataError(
+            f"{path}: not a readable manifest ({error}); save it as UTF-8 CSV or write it again "
+            "with `xdc index`"
+        ) from None
+    manifest = Manifest(path.parent.resolve(), rows, columns, source=path)
+    check_confined(manifest)
+    return manifest
+
+
+ALLOW_OUTSIDE_ROOT_ENV = "XDC_ALLOW_OUTSIDE_ROOT"
+DATA_ROOT_ENV = "XDC_DATA_ROOT"
+
+
+def allowed_roots(manifest: Manifest) -> list[Path] | None:
+    """The folders the paths of ``manifest`` may lie in: its own folder and every folder of
+    ``XDC_DATA_ROOT`` (``os.pathsep``-separated; ``xdc --data-root DIR``); None when
+    ``XDC_ALLOW_OUTSIDE_ROOT=1`` (``xdc --allow-outside-root``) allows any path."""
+    if os.environ.get(ALLOW_OUTSIDE_ROOT_ENV, "") not in ("", "0"):
+        return None
+    extra = [Path(d) for d in os.environ.get(DATA_ROOT_ENV, "").split(os.pathsep) if d]
+    return [Path(os.path.abspath(r)) for r in (manifest.root, *extra)]
+
+
+def check_confined(manifest: Manifest) -> None:
+    """Refuse a manifest whose paths leave the allowed folders (``allowed_roots``): a shared
+    manifest must not make xdc read, and a report embed, whatever a ``../`` or absolute path
+    names. The check is on the normalised path (``..`` removed), not on symlinks' targets: a
+    symlink inside an allowed folder is the owner's choice."""
+    roots = allowed_roots(manifest)
+    if roots is None:
+        return
+    outside = []
+    for i in range(len(manifest)):
+        p = os.path.normpath(manifest.path(i))
+        if not any(p == str(r) or p.startswith(str(r).rstrip(os.sep) + os.sep) for r in roots):
+            outside.append(i)
+    if outside:
+        first = manifest.path(outside[0])
+        raise DataError(
+            f"{manifest.source or manifest.root}: {len(outside)} path(s) lie outside the manifest's "
+            f"folder {manifest.root} (first: row {outside[0] + 1}, {os.path.normpath(first)}); "
+            "keep the manifest in a folder above the videos, name their folder with "
+            f"`xdc --data-root DIR ...` (or {DATA_ROOT_ENV}), or accept any path with "
+            f"`xdc --allow-outside-root ...` (or {ALLOW_OUTSIDE_ROOT_ENV}=1) for a manifest you trust"
+        )
 
 
 def write_manifest(
     rows: Sequence[dict[str, object]], path: str | Path, extra_columns: Sequence[str] = ()
 ) -> Path:
-    """Write rows atomically (temporary file + rename), standard columns first, extras after."""
+    """Write rows atomically (temporary file + rename), standard columns first, extras after.
+
+    ``path`` values are cells (what ``read_manifest`` gives, or ``encode_path`` of a path); one
+    that cannot be a cell (a name with bytes that are not UTF-8, as ``os.fsdecode`` gives it) is
+    encoded here. Other text that is not valid UTF-8 is written with ``backslashreplace`` escapes.
+    """
     path = Path(path)
     extras = list(extra_columns) or sorted({k for r in rows for k in r} - set(MANIFEST_COLUMNS))
     columns = list(MANIFEST_COLUMNS) + [c for c in extras if c not in MANIFEST_COLUMNS]
@@ -135,13 +203,100 @@ def write_manifest(
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({c: _cell(row.get(c, "")) for c in columns})
+            cells = {c: _cell(row.get(c, "")) for c in columns}
+            if isinstance(row.get("path"), os.PathLike) or not is_text(cells["path"]):
+                cells["path"] = encode_path(cells["path"])  # a path, not yet a cell
+            writer.writerow({c: text_cell(v) for c, v in cells.items()})
     return path
 
 
 def _cell(value: object) -> str:
+    if isinstance(value, os.PathLike):
+        return str(os.fspath(value))
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
         return f"{value:.6g}"
     return "" if value is None else str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths in cells: any name the file system allows, as valid UTF-8 text (see the module docstring).
+
+PATH_PREFIX = "file:"
+"""Start of an encoded path cell: the rest is the path with ``%XX`` escapes."""
+
+
+def encode_path(path: str) -> str:
+    """The manifest cell of ``path``: the path itself, or ``file:`` + the path with ``%XX``
+    escapes when it could not be kept as is (module docstring). ``decode_path`` reverses it."""
+    if not _needs_escape(path):
+        return path
+    last = len(path) - len(path.rstrip())
+    first = len(path) - len(path.lstrip())
+    out = []
+    for i, char in enumerate(path):
+        escape = (
+            char == "%"
+            or _is_control(char)
+            or _is_surrogate(char)
+            or i < first
+            or i >= len(path) - last
+        )
+        out.append(_percent(char) if escape else char)
+    return PATH_PREFIX + "".join(out)
+
+
+def decode_path(cell: str) -> str:
+    """The path a manifest cell names (the inverse of ``encode_path``; any other cell: itself).
+
+    Bytes that are not UTF-8 come back as ``os.fsdecode`` gives them, so the result opens the
+    very file that was indexed.
+    """
+    if not cell.startswith(PATH_PREFIX):
+        return cell
+    return os.fsdecode(urllib.parse.unquote_to_bytes(cell[len(PATH_PREFIX) :]))
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` encodes to UTF-8 (False for names holding ``os.fsdecode``'s escapes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def text_cell(value: str) -> str:
+    """``value`` as valid UTF-8 text: undecodable bytes (surrogate escapes) as ``\\xNN``."""
+    if is_text(value):
+        return value
+    try:  # the bytes the name had on disk, their undecodable ones escaped
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate of another kind (Windows names)
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _needs_escape(path: str) -> bool:
+    return (
+        path.startswith(PATH_PREFIX)
+        or path != path.strip()
+        or any(_is_control(c) or _is_surrogate(c) for c in path)
+    )
+
+
+def _is_control(char: str) -> bool:
+    # Cc: C0/C1 controls and DEL; Zl/Zp: the line and paragraph separators that split lines too.
+    return unicodedata.category(char) in ("Cc", "Zl", "Zp")
+
+
+def _is_surrogate(char: str) -> bool:
+    return "\ud800" <= char <= "\udfff"
+
+
+def _percent(char: str) -> str:
+    try:
+        raw = os.fsencode(char)  # a surrogate escape: the byte it stands for
+    except UnicodeEncodeError:  # a lone surrogate os.fsdecode never makes here: keep its code
+        raw = char.encode("utf-8", "surrogatepass")
+    return "".join(f"%{b:02X}" for b in raw)

@@ -4,7 +4,9 @@
 the video data reaches the declared end. A file it rejects gets one reason of ``REJECTION_REASONS``:
 
 - ``missing``: listed in the CSV (or a broken link) but not on disk.
-- ``unreadable``: the operating system refuses to read it (permission, I/O error, a directory).
+- ``unreadable``: the operating system refuses to read it (permission, I/O error, a directory, a
+  symbolic link loop), or it is no regular file (a named pipe, a socket, a device: never opened,
+  as reading a pipe waits for a writer).
 - ``empty file``: 0 bytes.
 - ``not a media file``: FFmpeg cannot open it and it starts like no container we know.
 - ``corrupt``: it starts like a known container but FFmpeg cannot parse its headers.
@@ -19,6 +21,16 @@ the video data reaches the declared end. A file it rejects gets one reason of ``
 - ``undecodable audio``: an audio-only file whose first audio packets decode to nothing.
 - ``zero duration``: a video (or, for an audio-only file, audio) stream that declares no time span
   and holds no data (a single untimed still, an empty recording).
+- ``probe failed``: anything else went wrong while probing this one file (an error no reason above
+  foresees, or FFmpeg crashing the probing process); the detail names the error. The file is
+  rejected, the index goes on, and the file is probed again on the next run.
+
+Frame rate (``fps``): the stream's real rate, FFmpeg's average rate, else its guess from the
+timestamps, else the codec's base rate, else frames / duration, skipping any of them that is only
+the stream's time base (an AVI or FLV written with a millisecond clock declares 1000 "frames" per
+second and fills the gaps with empty frames). The clip decoder picks frames by their timestamps,
+so the same file gives ``fps`` distinct frames a second at this rate. A declared frame larger than
+``MAX_FRAME_PIXELS`` is refused (``undecodable video``) rather than allocated.
 
 Files without audio are usable (``has_audio`` False, ``sample_rate`` and ``audio_channels`` 0).
 Audio-only files (ESC-50 ``.wav``, a soundtrack in ``.mp4``/``.flac``/``.ogg``) are usable too:
@@ -28,18 +40,21 @@ Audio-only files (ESC-50 ``.wav``, a soundtrack in ``.mp4``/``.flac``/``.ogg``) 
 from __future__ import annotations
 
 import errno
+import math
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
 
-from xdc.data.manifest import PROBE_COLUMNS
+from xdc.data.manifest import PROBE_COLUMNS, text_cell
 
-__all__ = ["REJECTION_REASONS", "ProbeResult", "probe_file"]
+__all__ = ["MAX_FRAME_PIXELS", "REJECTION_REASONS", "ProbeResult", "probe_file"]
 
 MISSING, UNREADABLE, EMPTY_FILE = "missing", "unreadable", "empty file"
 NOT_MEDIA, CORRUPT, TRUNCATED = "not a media file", "corrupt", "truncated"
@@ -49,6 +64,7 @@ NO_STREAMS, UNDECODABLE, ZERO_DURATION = (
     "zero duration",
 )
 UNDECODABLE_AUDIO = "undecodable audio"
+PROBE_FAILED = "probe failed"
 REJECTION_REASONS = (
     MISSING,
     UNREADABLE,
@@ -60,7 +76,12 @@ REJECTION_REASONS = (
     UNDECODABLE,
     UNDECODABLE_AUDIO,
     ZERO_DURATION,
+    PROBE_FAILED,
 )
+
+MAX_FRAME_PIXELS = 8192 * 8192
+"""Largest frame (width x height) a file may declare: 8K UHD is half of it. A damaged header that
+declares more is refused instead of decoded (a frame of 100000 x 100000 would need 30 GB)."""
 
 # Give up looking for a first frame after this many video packets: a keyframe interval of 250 is
 # x264's default, so a healthy stream that starts mid-GOP still shows a frame well before this.
@@ -71,6 +92,10 @@ _FIRST_AUDIO_PACKET_LIMIT = 50
 # The video data may end this much before the declared duration without calling the file truncated:
 # declared durations are rounded, shifted by edit lists or, in some containers, estimated.
 _END_SLACK_SEC, _END_SLACK_FRAMES, _END_SLACK_FRACTION = 0.25, 3, 0.01
+# A stream whose every rate is its tick rate (1 / time base) films at that rate up to this; above
+# it (a millisecond clock) the rate is measured from the first packets' timestamps.
+_MAX_TICK_RATE = 240.0
+_RATE_SAMPLE_PACKETS = 500
 
 
 @dataclass
@@ -105,16 +130,31 @@ def probe_file(path: str | Path) -> ProbeResult:
     packets reach the duration the header declares (a seek near the end, or one pass over the
     packets without decoding when seeking finds nothing).
     """
-    name = str(path)
+    name = os.fspath(path)
     try:
-        size = os.stat(name).st_size
+        result = _probe(name)
+    except Exception as error:  # an error no reason foresees: reject this file, not the index
+        result = ProbeResult(name, PROBE_FAILED, f"{type(error).__name__}: {error}")
+    result.detail = text_cell(result.detail)  # FFmpeg's messages may quote an undecodable name
+    return result
+
+
+def _probe(name: str) -> ProbeResult:
+    try:
+        info = os.stat(name)
+        if not stat.S_ISREG(info.st_mode) and not stat.S_ISDIR(info.st_mode):
+            # a named pipe would block the open until someone writes to it; a device never ends
+            return ProbeResult(name, UNREADABLE, f"not a regular file ({_file_kind(info.st_mode)})")
+        size = info.st_size
         with open(name, "rb") as fh:  # our own read: FFmpeg reports a short file as EIO too
             head = fh.read(192)
     except FileNotFoundError:
         broken = " (a broken symbolic link)" if os.path.islink(name) else ""
         return ProbeResult(name, MISSING, f"no such file{broken}")
-    except OSError as error:  # permission denied, I/O error, a directory
+    except OSError as error:  # permission denied, I/O error, a directory, a symbolic link loop
         return ProbeResult(name, UNREADABLE, error.strerror or str(error))
+    except ValueError:  # a CSV listing a name with a NUL character: no file has such a name
+        return ProbeResult(name, MISSING, "not a valid file name (it contains a NUL character)")
     if not head:
         return ProbeResult(name, EMPTY_FILE, "0 bytes")
     try:
@@ -137,6 +177,9 @@ def _probe_container(name: str, container: av.container.InputContainer) -> Probe
             name, UNDECODABLE, "this FFmpeg build has no decoder for its video codec"
         )
     video.codec_context.thread_count = 1  # one file per process: decoder threads only add start-up
+    oversize = _oversize(video.codec_context.width, video.codec_context.height)
+    if oversize:
+        return ProbeResult(name, UNDECODABLE, oversize)
     declared, declared_by = _declared_duration(container, video)
     frame, packets, error = _decode_first_frame(container, video)
     if frame is None and packets == 0:
@@ -147,9 +190,12 @@ def _probe_container(name: str, container: av.container.InputContainer) -> Probe
     if frame is None:
         detail = f"none of the first {packets} video packets decodes to a frame"
         return ProbeResult(name, UNDECODABLE, _with_cause(detail, error))
-    fps = _frame_rate(video, declared)
+    oversize = _oversize(frame.width, frame.height)
+    if oversize:
+        return ProbeResult(name, UNDECODABLE, oversize)
+    count_rate = _count_rate(video, declared)
     data_end, shortfall = _data_end_and_shortfall(
-        name, container, video, declared, declared_by, fps
+        name, container, video, declared, declared_by, count_rate
     )
     if shortfall:
         return ProbeResult(name, TRUNCATED, shortfall)
@@ -164,7 +210,7 @@ def _probe_container(name: str, container: av.container.InputContainer) -> Probe
         name,
         duration_sec=duration,
         has_video=True,
-        fps=fps or _frame_rate(video, duration),
+        fps=_frame_rate(name, video, duration),
         width=frame.width,
         height=frame.height,
         has_audio=has_audio,
@@ -403,12 +449,80 @@ def _demux(
         ) from error
 
 
-def _frame_rate(video: av.stream.Stream, duration: float) -> float:
-    """The stream's average frame rate, else FFmpeg's guess, else frames / duration (0 if none)."""
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISFIFO, "a named pipe"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((kind for test, kind in kinds if test(mode)), "not a file")
+
+
+def _oversize(width: int, height: int) -> str:
+    """Why a frame of ``width`` x ``height`` is refused, or "" when it is not."""
+    if width * height <= MAX_FRAME_PIXELS:
+        return ""
+    return (
+        f"the frame size {width}x{height} is over the limit of {MAX_FRAME_PIXELS} pixels "
+        "(a damaged header?)"
+    )
+
+
+def _count_rate(video: av.stream.Stream, duration: float) -> float:
+    """The rate the header's frame count is in (AVI counts ticks of its time base, with empty
+    frames in the gaps), to turn that count into the span it claims: FFmpeg's average rate, else
+    its guess, else frames / duration (0 if none)."""
     for rate in (video.average_rate, video.guessed_rate):
-        if rate:
-            return float(rate)
+        if _as_rate(rate):
+            return _as_rate(rate)
     return video.frames / duration if video.frames and duration else 0.0
+
+
+def _frame_rate(name: str, video: av.stream.Stream, duration: float) -> float:
+    """The stream's real frame rate (module docstring), never its time base; 0 when unknown.
+
+    FFmpeg's average rate, else its guess from the timestamps, else the codec's base rate, else
+    frames / duration: the first that is not only the time base's tick rate. When every one of
+    them is that tick rate, it is the rate if a camera could film at it (a constant-rate AVI:
+    25 fps in ticks of 1/25 s); above ``_MAX_TICK_RATE`` (a millisecond clock, irregular frames)
+    the rate is measured from the timestamps of the first frames.
+    """
+    tick = 1.0 / float(video.time_base) if video.time_base else 0.0
+    counted = video.frames / duration if video.frames and duration else 0.0
+    candidates = (video.average_rate, video.guessed_rate, video.base_rate, counted)
+    rates = [rate for rate in map(_as_rate, candidates) if rate]
+    for rate in rates:
+        if not tick or not math.isclose(rate, tick, rel_tol=1e-6):
+            return rate
+    if tick > _MAX_TICK_RATE:
+        return _measured_frame_rate(name, video.index) or tick
+    return rates[0] if rates else 0.0
+
+
+def _measured_frame_rate(name: str, index: int) -> float:
+    """Frames per second over the first ``_RATE_SAMPLE_PACKETS`` video packets that hold a frame
+    (empty packets are an AVI's fillers), from their timestamps; 0.0 when it cannot tell."""
+    stamps: set[int] = set()
+    try:
+        with av.open(name, metadata_errors="replace") as again:
+            stream = again.streams[index]
+            for packet in _demux(again, stream):
+                if packet.size and packet.pts is not None:
+                    stamps.add(packet.pts)
+                if len(stamps) >= _RATE_SAMPLE_PACKETS:
+                    break
+            time_base = stream.time_base
+    except (av.FFmpegError, _UnannouncedStream):
+        return 0.0
+    span = (max(stamps) - min(stamps)) * time_base if len(stamps) > 1 and time_base else 0
+    return float((len(stamps) - 1) / span) if span > 0 else 0.0
+
+
+def _as_rate(rate: Fraction | float | None) -> float:
+    """``rate`` in frames per second, or 0.0 when it is none, not positive or not finite."""
+    value = float(rate) if rate is not None else 0.0
+    return value if math.isfinite(value) and value > 0 else 0.0
 
 
 def _explain_open_failure(

@@ -40,7 +40,13 @@ from xdc.data.decode import ClipSpec
 from xdc.data.manifest import Manifest
 from xdc.errors import DataError
 from xdc.evaluation.encoders import EvalEncoders
-from xdc.features import ClipFeatures, calibrated_copy, calibration_keys, extract_features
+from xdc.features import (
+    ClipFeatures,
+    calibrated_copy,
+    calibration_keys,
+    extract_features,
+    valid_inputs,
+)
 from xdc.methods import MODALITIES
 from xdc.run import resolve_device
 
@@ -198,10 +204,7 @@ class FeatureExtractor:
     def _valid_inputs(self, modality: str, keys: Sequence[ClipKey]) -> Iterator[Tensor]:
         loader = self.clips.loader(modality, keys)
         bar = tqdm(loader, desc=f"{modality} BN statistics", disable=not self.progress, leave=False)
-        for batch in bar:
-            valid = batch["valid"].bool()
-            if valid.any():
-                yield batch[modality][valid]
+        yield from valid_inputs(bar, modality)
 
     def extract(
         self, rows: Sequence[int], modalities: Sequence[str], clips: int

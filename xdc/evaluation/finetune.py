@@ -52,7 +52,7 @@ from xdc.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from xdc.evaluation.cli_shared import Subcommands, add_architecture_arguments, add_device_arguments
 from xdc.evaluation.encoders import RANDOM, load_eval_encoders, parse_overrides
 from xdc.evaluation.extract import split_rows
-from xdc.features import calibrated_copy, calibration_keys, mean_per_video
+from xdc.features import calibrated_copy, calibration_keys, mean_per_video, valid_inputs
 from xdc.models.heads import ClassifierHead
 from xdc.run import resolve_device
 
@@ -578,7 +578,7 @@ def evaluate(
         rng = seeds.rng(settings.seed, "finetune_calibration")
         chosen = calibration_keys(split.train_rows, n_cal, rng)
         batches = clip_loader(split.eval_set, chosen, settings.batch_size, pin_memory=pin)
-        encoder = calibrated_copy(encoder, (b[settings.modality] for b in batches), device)
+        encoder = calibrated_copy(encoder, valid_inputs(batches, settings.modality), device)
     was_training = model.training
     encoder.eval()
     model.head.eval()
@@ -745,10 +745,7 @@ def restore_split_state(
     scaler: torch.amp.GradScaler,
 ) -> tuple[int, list[dict[str, Any]], float]:
     """Load a split's checkpoint; returns (epochs done, curve records, seconds spent)."""
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        raise CheckpointError(f"{one_line(err)}; delete it to restart this split") from err
+    state = load_checkpoint(path)  # a damaged file: CheckpointError naming it and the fix
     if state.get("kind") != "finetune":
         raise CheckpointError(f"{path}: not a finetuning checkpoint; pass a new --out folder")
     check_identity(state.get("identity", {}), identity, path)

@@ -52,7 +52,7 @@ from xdc.evaluation.report_checks import (
     warnings_html,
 )
 from xdc.evaluation.report_plots import TILE_PX, data_uri, esc, montage_uri
-from xdc.features import calibrated_copy, calibration_keys, extract_features
+from xdc.features import calibrated_copy, calibration_keys, extract_features, valid_inputs
 from xdc.methods import LABELS, METHODS
 from xdc.run import RUN_INFO_NAME, read_run_info, resolve_device
 from xdc.runlog import read_metrics
@@ -368,7 +368,7 @@ def member_features(
     encoder = contents.encoders[modality].to(device)
     if n_cal:
         keys = calibration_keys(pool, n_cal, seeds.rng(cfg.train.seed, "report_calibration"))
-        batches = (b[modality] for b in clip_loader(dataset, keys, size))
+        batches = valid_inputs(clip_loader(dataset, keys, size), modality)
         encoder = calibrated_copy(encoder, batches, device)
     loader = clip_loader(dataset, fixed_keys(rows), size)
     extracted = extract_features(

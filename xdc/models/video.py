@@ -220,7 +220,6 @@ class R2Plus1D18(nn.Module):
             ]
             self.add_module(f"layer{index + 1}", nn.Sequential(*blocks))
             in_planes = planes
-        self.pool = nn.AdaptiveAvgPool3d(1)
         self.num_features: int = stage_planes[-1]
         init_conv_bn_weights(self)
 
@@ -229,7 +228,9 @@ class R2Plus1D18(nn.Module):
         x = self.stem(prepare_input(x, self.video_input))
         for name in ("layer1", "layer2", "layer3", "layer4"):
             x = getattr(self, name)(x)
-        return self.pool(x).flatten(1)
+        # Global average pooling as a mean: AdaptiveAvgPool3d's CUDA backward has no
+        # deterministic kernel (train.deterministic=true would fail); the mean's has.
+        return x.mean(dim=(2, 3, 4))
 
     forward = forward_features
 
