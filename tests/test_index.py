@@ -747,3 +747,32 @@ def test_avi_frame_rate_is_the_real_rate_not_the_time_base(tmp_path: Path) -> No
     # and 29.97 in MP4 stays 29.97
     ntsc = write_media(tmp_path / "ntsc.mp4", fps=30000 / 1001, seconds=1.0, audio=None)
     assert probe_file(ntsc).fps == pytest.approx(29.97, abs=0.01)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_not_a_traceback(
+    tmp_path: Path, demo_manifest: Path
+) -> None:
+    """Any command whose writes fail for lack of space (here `xdc index`, under RLIMIT_FSIZE)
+    stops with one line naming the file and what to do, exit code 2."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    videos = tmp_path / "videos" / "a"
+    videos.mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(read_manifest(demo_manifest).path(i), videos / f"{i}.mp4")
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit raises EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+
+    cmd = [sys.executable, "-m", "xdc.cli", "index", str(tmp_path / "videos"), "-o",
+           str(tmp_path / "manifest.csv"), "--workers", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=limit, timeout=120)
+    errors = [s for s in done.stderr.splitlines() if s.strip() and "probing" not in s]  # no bar
+    assert done.returncode == 2 and len(errors) == 1, done.stderr
+    assert f"error: {tmp_path}/" in errors[0] and "File too large" in errors[0]  # names the file
+    assert "re-run the same command" in errors[0]
+    assert not (tmp_path / "manifest.csv").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -327,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 @contextlib.contextmanager
 def _manifest_roots(data_roots: Sequence[str], allow_outside: bool) -> Iterator[None]:
     """The command's ``--data-root`` / ``--allow-outside-root`` as the environment variables the
@@ -365,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("xdc: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        print(
+            f"xdc: error: {err.filename or 'a file'}: {os.strerror(err.errno)}; free space (or "
+            "raise the limit), then re-run the same command: files are written atomically, so "
+            "the last complete ones are kept and a run resumes from its last checkpoint",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":
