@@ -7,6 +7,7 @@ formats users have.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -216,3 +217,18 @@ def _encode_tone(
     for frame in [*resampler.resample(source), *resampler.resample(None)]:
         container.mux(stream.encode(frame))
     container.mux(stream.encode())
+
+
+def untimed_matroska(path: Path) -> Path:
+    """Rewrite the one-frame Matroska file ``path`` (25 fps) so that its header says it lasts
+    0 s: segment duration and DURATION tag zeroed, DefaultDuration renamed to an element
+    demuxers skip."""
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\x44\x89\x88")
+    data[at + 3 : at + 11] = struct.pack(">d", 0.0)
+    at = data.index(b"00:00:00.040000000")
+    data[at : at + 18] = b"00:00:00.000000000"
+    at = data.index(b"\x23\xe3\x83")
+    data[at : at + 3] = b"\x23\xe3\x84"
+    path.write_bytes(data)
+    return path

@@ -13,7 +13,14 @@ import av
 import numpy as np
 import pytest
 
-from tests.media import numbered_frames, random_frames, tone, write_media, write_video
+from tests.media import (
+    numbered_frames,
+    random_frames,
+    tone,
+    untimed_matroska,
+    write_media,
+    write_video,
+)
 from xdc.data.decode import ClipSpec, clip_duration, decode_clip, video_duration
 from xdc.errors import ConfigError, DecodeError
 
@@ -345,15 +352,7 @@ def test_metadata_that_is_not_utf8_does_not_stop_decoding(tmp_path: Path) -> Non
 def _untimed_still(path: Path) -> Path:
     """One frame in Matroska whose header says it lasts 0 s (segment duration and tag zeroed,
     DefaultDuration renamed)."""
-    data = bytearray(write_video(path, random_frames(1, 32, 32)).read_bytes())
-    at = data.index(b"\x44\x89\x88")
-    data[at + 3 : at + 11] = struct.pack(">d", 0.0)
-    at = data.index(b"00:00:00.040000000")
-    data[at : at + 18] = b"00:00:00.000000000"
-    at = data.index(b"\x23\xe3\x83")
-    data[at : at + 3] = b"\x23\xe3\x84"
-    path.write_bytes(data)
-    return path
+    return untimed_matroska(write_video(path, random_frames(1, 32, 32)))
 
 
 def test_a_declared_duration_of_zero_is_unknown_not_a_division_by_zero(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.media import write_media
+from tests.media import untimed_matroska, write_media
 from xdc import cli
 from xdc.data.decode import ClipSpec, decode_clip
 from xdc.data.manifest import decode_path, read_manifest
@@ -71,15 +71,7 @@ def _rotated(path: Path) -> Path:
 def _untimed_still(path: Path) -> Path:
     """One FFV1 frame in Matroska with no duration anywhere (segment duration and the DURATION
     tag zeroed, DefaultDuration renamed to an element demuxers skip)."""
-    data = bytearray(write_media(path, "ffv1", None, seconds=0.04, fps=25).read_bytes())
-    at = data.index(b"\x44\x89\x88")
-    data[at + 3 : at + 11] = struct.pack(">d", 0.0)
-    at = data.index(b"00:00:00.040000000")
-    data[at : at + 18] = b"00:00:00.000000000"
-    at = data.index(b"\x23\xe3\x83")
-    data[at : at + 3] = b"\x23\xe3\x84"
-    path.write_bytes(data)
-    return path
+    return untimed_matroska(write_media(path, "ffv1", None, seconds=0.04, fps=25))
 
 
 def _empty_wav(path: Path) -> Path:
