@@ -185,7 +185,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         """
         if isinstance(key, int):
             key = ClipKey(self.rows[key], seed=key, clip=-1 if self.train else 0)
-        replacements = np.random.default_rng(np.random.SeedSequence(key.seed, spawn_key=(1,)))
+        replacements: np.random.Generator | None = None  # made on the first failure only
         failures: list[str] = []
         row = key.row
         while True:
@@ -210,6 +210,10 @@ class ClipDataset(Dataset[dict[str, Any]]):
                 raise DataError(
                     f"{len(failures)} videos in a row failed to decode (last: {failures[-1]}); "
                     "re-run `xdc index` to re-probe the files, or fix the files listed above"
+                )
+            if replacements is None:
+                replacements = np.random.default_rng(
+                    np.random.SeedSequence(key.seed, spawn_key=(1,))
                 )
             row = self.replacement_pool[int(replacements.integers(len(self.replacement_pool)))]
 
