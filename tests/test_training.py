@@ -14,6 +14,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from tests.conftest import TINY_OVERRIDES, tiny_config
+from xdc import optim
 from xdc.checkpoint import load_checkpoint
 from xdc.cli import main
 from xdc.config import ClusterConfig, TrainConfig
@@ -21,6 +22,7 @@ from xdc.deep_clustering import DeepClusteringModel
 from xdc.errors import ConfigError
 from xdc.methods import METHODS, get_method
 from xdc.pseudolabels import balanced_weights, make_pseudo_labels
+from xdc.run import deterministic_algorithms, use_cudnn_benchmark
 from xdc.runlog import read_metrics
 from xdc.training import pretrain, pretraining_lr
 
@@ -274,3 +276,40 @@ def test_patience_without_held_out_videos_is_refused_naming_both_keys(
     config = tiny_config("xdc", train__val_fraction=0.0, train__patience=0, train__max_epochs=2)
     state = pretrain(config, demo_manifest, out, progress=False)
     assert [(r["iteration"], r["epoch"]) for r in state.history] == [(0, 0), (0, 1)]
+
+
+def test_bf16_only_on_gpus_that_run_it_natively() -> None:
+    """V100 (7.0) and T4 (7.5) report bf16 support by emulation, without bf16 3D convolutions:
+    they train in fp16 with a grad scaler; A100 (8.0), H100 (9.0) and later in bf16."""
+    assert optim.autocast_dtype("cuda", (7, 0)) == torch.float16
+    assert optim.autocast_dtype("cuda", (7, 5)) == torch.float16
+    assert optim.autocast_dtype("cuda", (8, 0)) == torch.bfloat16
+    assert optim.autocast_dtype("cuda", (9, 0)) == torch.bfloat16
+    assert optim.autocast_dtype("cpu", None) is None
+    assert optim.amp_dtype(torch.device("cpu"), enabled=True) is None
+
+
+def test_a_grad_scaler_state_loads_whichever_precision_saved_it() -> None:
+    """A run saved in bf16/fp32 (a disabled scaler: ``{}``) resumes where fp16 is on, and back."""
+    saved_disabled = optim.grad_scaler(None).state_dict()
+    assert saved_disabled == {}
+    fp16 = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    with pytest.raises(RuntimeError):  # what torch does alone
+        fp16.load_state_dict(saved_disabled)
+    optim.load_scaler_state(fp16, saved_disabled)
+    assert fp16.is_enabled() and fp16.get_scale() == 2.0**8  # starts afresh
+    optim.load_scaler_state(optim.grad_scaler(None), fp16.state_dict())  # ignored
+    resumed = torch.amp.GradScaler("cpu", init_scale=4.0)
+    optim.load_scaler_state(resumed, fp16.state_dict())
+    assert resumed.get_scale() == 2.0**8
+
+
+def test_cudnn_autotunes_on_cuda_unless_deterministic() -> None:
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert use_cudnn_benchmark(cuda, deterministic=False)
+    assert not use_cudnn_benchmark(cuda, deterministic=True)
+    assert not use_cudnn_benchmark(cpu, deterministic=False)
+    before = torch.backends.cudnn.benchmark
+    with deterministic_algorithms(False, cuda):
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark == before

@@ -24,7 +24,7 @@ class DeepClusteringModel(nn.Module):
         self.heads = nn.ModuleDict(
             {
                 method.head_name(enc, name): ClassifierHead(
-                    _num_features(encoders[enc]), num_classes[name]
+                    num_features(encoders[enc]), num_classes[name]
                 )
                 for enc, name in method.heads()
             }
@@ -41,7 +41,7 @@ class DeepClusteringModel(nn.Module):
         }
 
 
-def _num_features(encoder: nn.Module) -> int:
+def num_features(encoder: nn.Module) -> int:
     """The encoder contract's ``num_features`` (D of ``forward_features``)."""
     return int(getattr(encoder, "num_features"))  # noqa: B009 - nn.Module types it as Tensor | Module
 
@@ -80,11 +80,20 @@ def wrap_distributed(model: nn.Module, device: torch.device) -> nn.Module:
 
 def check_replicas_agree(model: nn.Module) -> None:
     """In a distributed run, every process must end with the same weights (DDP keeps them in
-    step); a difference means a bug or a broken collective, so stop rather than save one copy."""
+    step); a difference means a bug or a broken collective, so stop rather than save one copy.
+
+    Compares each parameter's sum, in float64 on the parameters' device (NCCL takes only CUDA
+    tensors).
+    """
     if not dist.is_distributed():
         return
     with torch.no_grad():
-        local = torch.stack([p.detach().double().sum().cpu() for p in model.parameters()])
+        local = torch.stack([p.detach().double().sum() for p in model.parameters()])
     total = dist.all_reduce_sum(local.clone())
     if not torch.allclose(total, local * dist.world_size(), rtol=1e-9, atol=1e-9):
-        raise RuntimeError("the processes of this distributed run ended with different weights")
+        differ = int((~torch.isclose(total, local * dist.world_size(), rtol=1e-9)).sum())
+        raise RuntimeError(
+            f"the processes of this distributed run ended with different weights ({differ} of "
+            f"{len(local)} parameter tensors differ on rank {dist.rank()}); the checkpoint was "
+            "not updated: report it as a bug"
+        )

@@ -2,8 +2,9 @@
 
 The same code runs as ``python script.py`` (one process; every helper is then an identity or a
 no-op) or under ``torchrun`` (one process per rank; the helpers call ``torch.distributed``).
-Only public ``torch.distributed`` APIs are used. Collectives run on the tensor's own device: CPU
-tensors with the gloo backend, CUDA tensors with nccl.
+Only public ``torch.distributed`` APIs are used. Collectives run on the tensor's own device: the
+process group of a CUDA run routes CPU tensors to gloo and CUDA tensors to nccl
+(``process_group_backend``), so clustering may run on either device; a CPU run uses gloo alone.
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ from xdc.errors import ConfigError
 _REQUIRED_ENV = ("RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-def init_distributed(backend: str | None = None) -> bool:
+def process_group_backend(cuda: bool) -> str:
+    """The backend string of the process group: ``"cpu:gloo,cuda:nccl"`` for a run on CUDA (each
+    collective goes to the backend of its tensor's device — NCCL takes only CUDA tensors, and the
+    run also reduces CPU tensors), ``"gloo"`` otherwise (gloo takes CPU tensors)."""
+    return "cpu:gloo,cuda:nccl" if cuda else "gloo"
+
+
+def init_distributed(backend: str | None = None, device: torch.device | None = None) -> bool:
     """Join the process group described by torchrun's environment variables.
 
     Reads ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. Without
     ``WORLD_SIZE`` (or with ``WORLD_SIZE=1``) nothing is initialised and ``False`` is returned, so a
-    plain ``python`` launch works unchanged. ``backend`` defaults to ``"nccl"`` when CUDA is
-    available (the process then uses GPU ``LOCAL_RANK``) and ``"gloo"`` otherwise.
+    plain ``python`` launch works unchanged. ``backend`` defaults to
+    ``process_group_backend(device is CUDA)`` (without ``device``: whether CUDA is available);
+    the caller sets the CUDA device first (``xdc.run.resolve_device``).
 
     Returns:
         Whether this process is now part of a process group with more than one rank.
@@ -47,9 +56,8 @@ def init_distributed(backend: str | None = None) -> bool:
             "or set RANK, MASTER_ADDR and MASTER_PORT as torchrun does"
         )
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        cuda = device.type == "cuda" if device is not None else torch.cuda.is_available()
+        backend = process_group_backend(cuda)
     dist.init_process_group(
         backend=backend, init_method="env://", rank=int(os.environ["RANK"]), world_size=world
     )
@@ -74,6 +82,11 @@ def world_size() -> int:
 def local_rank() -> int:
     """This process's GPU index on its machine (``LOCAL_RANK`` under torchrun; 0 otherwise)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_world_size() -> int:
+    """Processes on this machine (``LOCAL_WORLD_SIZE`` under torchrun; 1 otherwise)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def is_main() -> bool:
@@ -119,6 +132,24 @@ def all_gather_varlen(t: Tensor) -> Tensor:
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:n] for g, n in zip(gathered, sizes, strict=True)], dim=0)
+
+
+def all_gather_strings(items: list[str]) -> list[str]:
+    """Concatenate every rank's ``items`` in rank order (``items`` itself when not distributed).
+
+    Sent as UTF-8 bytes in CPU tensors (gloo in every process group this module makes).
+    """
+    if not is_distributed():
+        return items
+    encoded = [s.encode("utf-8", errors="surrogateescape") for s in items]
+    lengths = all_gather_varlen(torch.tensor([len(b) for b in encoded], dtype=torch.int64))
+    blob = all_gather_varlen(torch.tensor(list(b"".join(encoded)), dtype=torch.uint8))
+    data = blob.numpy().tobytes()
+    out, offset = [], 0
+    for n in lengths.tolist():
+        out.append(data[offset : offset + n].decode("utf-8", errors="surrogateescape"))
+        offset += n
+    return out
 
 
 def barrier() -> None:

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from xdc import distributed as dist
+from xdc import optim
 from xdc.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from xdc.deep_clustering import DeepClusteringModel
 from xdc.run import RunContext
@@ -48,7 +49,9 @@ def checkpoint(
     scaler: torch.amp.GradScaler,
     log: RunLog,
 ) -> None:
-    """Everything needed to resume, written atomically by the main process."""
+    """Everything needed to resume, written atomically by the main process (after the decode
+    failures of every process are in RUN/failures.txt); every process waits for it."""
+    run.sync_failures()
     state.log_seq = log.seq
     if dist.is_main():
         save_checkpoint(
@@ -73,12 +76,17 @@ def restore(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
 ) -> LoopState:
+    """Load the checkpoint at ``path`` into the model, optimizer and scaler; return the loop state.
+
+    Every process of a distributed run reads the file itself (a filesystem shared by all of them
+    is assumed); nothing in it depends on the number of processes that wrote it.
+    """
     state_dict = load_checkpoint(path)
     for m, enc in model.encoders.items():
         enc.load_state_dict(state_dict["encoders"][m])
     model.heads.load_state_dict(state_dict["heads"])
     optimizer.load_state_dict(state_dict["optimizer"])
-    scaler.load_state_dict(state_dict["scaler"])
+    optim.load_scaler_state(scaler, state_dict["scaler"])
     torch.set_rng_state(state_dict["rng"]["torch"])
     state = LoopState()
     for key, value in state_dict["loop"].items():

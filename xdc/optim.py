@@ -73,12 +73,25 @@ def sgd(params: Iterable[Any], s: SGDSettings) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
+BF16_MIN_CAPABILITY = (8, 0)
+"""CUDA compute capability from which GPUs run bf16 natively (Ampere); before it
+``torch.cuda.is_bf16_supported()`` may still be true by emulation, without bf16 3D convolutions."""
+
+
+def autocast_dtype(device_type: str, capability: tuple[int, int] | None) -> torch.dtype | None:
+    """The mixed-precision dtype of a device: bf16 on a CUDA GPU of compute capability ≥ 8.0,
+    fp16 (with a ``grad_scaler``) on an older one, None (fp32) on any other device."""
+    if device_type != "cuda" or capability is None:
+        return None
+    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
+
+
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """The autocast dtype of ``device``: bf16 where supported, else fp16; None on CPU or when
-    mixed precision is off."""
+    """The autocast dtype of ``device`` (``autocast_dtype`` of its compute capability); None on
+    CPU or when mixed precision is off."""
     if device.type != "cuda" or not enabled:
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autocast_dtype("cuda", torch.cuda.get_device_capability(device))
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -91,3 +104,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
 def grad_scaler(dtype: torch.dtype | None) -> torch.amp.GradScaler:
     """The loss scaler fp16 needs; disabled (a no-op) otherwise."""
     return torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """Load a saved scaler state into ``scaler``, whichever precision either side ran in.
+
+    A disabled scaler saves ``{}``: a run resumed where fp16 is now on (another GPU) starts its
+    scaler afresh. A disabled ``scaler`` ignores any state (a run resumed in bf16 or fp32).
+    """
+    if state and scaler.is_enabled():
+        scaler.load_state_dict(state)

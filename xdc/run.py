@@ -53,7 +53,12 @@ class RunContext:
     clips_per_epoch: int
     num_labels: int
     failures: set[str] = field(default_factory=set)
+    """Files reported as unreadable: by any process, once synchronised (``sync_failures``)."""
     view_set: ClipDataset | None = None  # training-style clips without replacement (cluster.views)
+    notes: list[str] = field(default_factory=list)
+    """What ``open_run`` noted about the run folder (a moved manifest, another world size)."""
+    _unsynced: list[str] = field(default_factory=list)
+    _recorded: set[str] = field(default_factory=set)  # in RUN/failures.txt
 
     def say(self, message: str) -> None:
         """Print on the main process only."""
@@ -81,18 +86,44 @@ class RunContext:
         )
 
     def report_failures(self, failures: Sequence[str]) -> None:
-        """Record files that failed to decode (each once) in RUN/failures.txt and on stderr."""
-        new = [f for f in failures if f not in self.failures]
+        """Record files that failed to decode, each once, in RUN/failures.txt and on stderr.
+
+        In one process at once; in a distributed run, the main process writes and prints the
+        failures of every process at the next ``sync_failures`` (every checkpoint), since the
+        processes meet the failures at different times and must not all append to one file.
+        """
+        new = [f for f in dict.fromkeys(failures) if f not in self.failures]
         if not new:
             return
         self.failures.update(new)
+        if dist.is_distributed():
+            self._unsynced.extend(new)
+        else:
+            self._record(new)
+
+    def sync_failures(self) -> None:
+        """Gather the failures every process met since the last call and record them on the main
+        process (a collective: every process calls it at the same points)."""
+        if not dist.is_distributed():
+            return
+        gathered = dist.all_gather_strings(self._unsynced)
+        self._unsynced = []
+        new = [f for f in dict.fromkeys(gathered) if f not in self._recorded]
+        self.failures.update(new)
+        if new and dist.is_main():
+            self._record(new)
+        self._recorded.update(new)
+
+    def _record(self, new: list[str]) -> None:
+        self._recorded.update(new)
         with (self.out / FAILURES_NAME).open(
             "a", encoding="utf-8", errors="backslashreplace"
         ) as fh:
             fh.writelines(f"{f}\n" for f in new)
         for f in new:
             print(
-                f"xdc: skipped unreadable video {f} ({len(self.failures)} so far)", file=sys.stderr
+                f"xdc: skipped unreadable video {f} ({len(self._recorded)} so far)",
+                file=sys.stderr,
             )
 
 
@@ -108,7 +139,8 @@ def open_run(
     """Check every input, prepare ``out`` (config.json, run.json) and the datasets; no heavy
     work yet. An existing run is resumed only on the data it was trained on
     (``check_run_data``) unless ``allow_data_change``."""
-    dist.init_distributed()
+    dev = resolve_device(device)  # before the process group: NCCL uses the current device
+    dist.init_distributed(device=dev)
     method = get_method(config.method)
     manifest = read_manifest(data).select(split)
     train_set = ClipDataset(manifest, config.data, train=True, modalities=MODALITIES)
@@ -118,16 +150,19 @@ def open_run(
     n_videos = len(train_set)
     num_labels = len(manifest.label_names)
     check_sizes(config, method, manifest, n_videos, split)
-    dev = resolve_device(device)
-    # Every input is valid: only now create the run folder and do work.
+    # Every input is valid: only now create the run folder and do work. Every process checks the
+    # folder before the main one changes it, and uses it only once it is ready.
     out = Path(out)
     identity = data_identity(manifest, split)
     check_run_folder(out, config)
     info, notes = check_run_data(out, identity, allow_data_change)
+    dist.barrier()
     if dist.is_main():
+        create_run_folder(out, config)
         atomic.write_json(out / RUN_INFO_NAME, info)
         for note in notes:
             print(f"note: {note}", flush=True)
+    dist.barrier()
     if config.data.cache == "memory":
         eval_set.cache = train_set.build_cache(progress and dist.is_main())
     amp_dtype = optim.amp_dtype(dev, config.train.amp)
@@ -144,11 +179,13 @@ def open_run(
         progress and dist.is_main(),
         per_epoch,
         num_labels,
+        notes=notes,
     )
     failures_file = out / FAILURES_NAME
     if failures_file.is_file():  # a resumed run: the files it already reported stay reported once
         text = failures_file.read_text(encoding="utf-8", errors="backslashreplace")
         ctx.failures.update(line for line in text.splitlines() if line)
+        ctx._recorded.update(ctx.failures)
     if config.cluster.views > 1:
         ctx.view_set = ClipDataset(
             manifest, config.data, train=True, modalities=MODALITIES, replace_failed=False
@@ -190,7 +227,7 @@ def check_sizes(
 
 
 def check_run_folder(out: Path, config: PretrainConfig) -> None:
-    """Create ``out`` with config.json, or check that an existing run has the same config."""
+    """Check that ``out`` is new, empty, or a run with the same config (read-only)."""
     path = out / CONFIG_NAME
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -206,15 +243,21 @@ def check_run_folder(out: Path, config: PretrainConfig) -> None:
         return
     # A kill during the first write of config.json leaves only that write's temporary file.
     leftovers = atomic.temporaries(path)
-    if out.exists() and any(p not in leftovers for p in out.iterdir()) and dist.is_main():
+    if out.exists() and any(p not in leftovers for p in out.iterdir()):
         raise ConfigError(
             f"--out {out} exists and is not an xdc run folder; pass a new or empty folder"
         )
-    if dist.is_main():
-        for p in leftovers:
-            p.unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, config.to_json() + "\n")
+
+
+def create_run_folder(out: Path, config: PretrainConfig) -> None:
+    """Create ``out`` with config.json unless it holds one (after ``check_run_folder``)."""
+    path = out / CONFIG_NAME
+    if path.is_file():
+        return
+    for p in atomic.temporaries(path):
+        p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(path, config.to_json() + "\n")
 
 
 def manifest_hash(manifest: Manifest) -> str:
@@ -247,10 +290,10 @@ def check_run_data(
     """Compare the data a run in ``out`` was trained on (RUN/run.json) with ``identity``.
 
     Returns the run.json to write and notes to print. A manifest whose content differs (its
-    pseudo-labels index rows), another split or another number of processes is refused with a
-    ``ConfigError`` naming what differs unless ``allow_data_change``; a manifest that only moved
-    (same content hash, another path) is accepted with a note. Either way the new location is
-    recorded and the previous record kept under ``history``.
+    pseudo-labels index rows) or another split is refused with a ``ConfigError`` naming what
+    differs unless ``allow_data_change``; a manifest that only moved (same content hash, another
+    path) or another number of processes (``world_size``) is accepted with a note. Either way the
+    new record is written and the previous one kept under ``history``.
     """
     path = out / RUN_INFO_NAME
     if not path.is_file():
@@ -276,10 +319,8 @@ def check_run_data(
         )
     if old.get("split", None) != identity["split"]:
         diffs.append(f"split ({old.get('split')!r} when trained, {identity['split']!r} now)")
-    if old.get("world_size") is not None and old["world_size"] != identity["world_size"]:
-        diffs.append(
-            f"world size ({old['world_size']} processes when trained, {identity['world_size']} now)"
-        )
+    old_world = old.get("world_size")
+    rescaled = old_world is not None and old_world != identity["world_size"]
     moved = old.get("data") != identity["data"]
     if moved and (diffs or old_hash is None):
         unverified = "" if old_hash is not None else " (run.json has no content hash to compare)"
@@ -290,8 +331,7 @@ def check_run_data(
         raise ConfigError(
             f"{out} was trained on other data: {'; '.join(diffs)}. Its pseudo-labels and "
             "held-out videos index the rows it was trained on: pass the same --data and --split "
-            f"and the same number of processes to resume it, a new --out, or {ALLOW_DATA_CHANGE} "
-            "to resume it anyway"
+            f"to resume it, a new --out, or {ALLOW_DATA_CHANGE} to resume it anyway"
         )
     if old.get("num_videos") is not None and old["num_videos"] != identity["num_videos"]:
         raise ConfigError(
@@ -307,9 +347,17 @@ def check_run_data(
             f"the manifest of {out} moved from {old.get('data')} to {identity['data']} "
             f"(same content, sha256 {identity['manifest_sha256'][:12]}); resuming"
         )
+    if rescaled:
+        notes.append(
+            f"{out} was trained by {old_world} processes and resumes with "
+            f"{identity['world_size']}; the clips of each epoch stay the same, but train.batch_size "
+            f"is per process: the global batch is now {identity['world_size']} × train.batch_size, "
+            "at the same learning rate"
+        )
     info = dict(identity)
-    if diffs or moved:
-        history.append({**old, "replaced_by": "allow_data_change" if diffs else "moved"})
+    if diffs or moved or rescaled:
+        reason = "allow_data_change" if diffs else "moved" if moved else "world_size"
+        history.append({**old, "replaced_by": reason})
     if history:
         info["history"] = history
     return info, notes
@@ -323,32 +371,78 @@ def read_run_info(run: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        if torch.cuda.is_available():
-            local = dist.local_rank()
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
+def choose_device(
+    requested: str | None, cuda_devices: int, local_rank: int = 0, local_world_size: int = 1
+) -> torch.device:
+    """The device of this process: ``requested`` (``--device``) checked against the machine.
+
+    Args:
+        requested: ``None`` (a GPU when there is one, else the CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:K"``.
+        cuda_devices: GPUs this process sees (``torch.cuda.device_count()``).
+        local_rank, local_world_size: this process's index among the processes of its machine,
+            and their number (torchrun's ``LOCAL_RANK`` and ``LOCAL_WORLD_SIZE``).
+
+    ``None`` and ``"cuda"`` mean GPU ``local_rank``. ``"cuda:K"`` is refused with several
+    processes on a machine (they would all share GPU K). Raises ``ConfigError`` naming the flag.
+    """
+    if requested is None and cuda_devices == 0:
         return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    dev = torch.device("cuda" if requested is None else requested)
+    if dev.type != "cuda":
+        return dev
+    if cuda_devices == 0:
         raise ConfigError(
-            f"--device {device}: CUDA is not available on this machine; use --device cpu"
+            f"--device {requested}: CUDA is not available on this machine; use --device cpu"
         )
+    if dev.index is not None and local_world_size > 1:
+        raise ConfigError(
+            f"--device {requested} under torchrun with {local_world_size} processes on this "
+            f"machine would put all of them on GPU {dev.index}; pass --device cuda (process "
+            "LOCAL_RANK=i then uses GPU i), and choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
+    index = local_rank if dev.index is None else dev.index
+    if index >= cuda_devices:
+        which = "LOCAL_RANK" if dev.index is None else "--device"
+        raise ConfigError(
+            f"{which} asks for GPU {index} but this process sees {cuda_devices} GPU(s); start at "
+            "most one process per GPU (torchrun --nproc-per-node), or pass --device cpu"
+        )
+    return torch.device("cuda", index)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``choose_device`` for this process; a CUDA device is made the current one."""
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    dev = choose_device(device, cuda_devices, dist.local_rank(), dist.local_world_size())
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     return dev
+
+
+def use_cudnn_benchmark(device: torch.device | None, deterministic: bool) -> bool:
+    """Whether cuDNN should time its algorithms for each input shape and keep the fastest: on
+    CUDA unless deterministic algorithms are asked for (the choice may differ between runs)."""
+    return device is not None and device.type == "cuda" and not deterministic
 
 
 @contextlib.contextmanager
 def deterministic_algorithms(enabled: bool, device: torch.device | None = None) -> Iterator[None]:
-    """``torch.use_deterministic_algorithms(True)`` for the block when ``enabled``; the previous
-    setting is restored afterwards, also on errors.
+    """``torch.use_deterministic_algorithms(True)`` for the block when ``enabled``; otherwise, on a
+    CUDA ``device``, ``torch.backends.cudnn.benchmark = True`` (``use_cudnn_benchmark``). The
+    previous settings are restored afterwards, also on errors.
 
     On a CUDA ``device``, cuBLAS is deterministic only with ``CUBLAS_WORKSPACE_CONFIG`` set to
     ``:4096:8`` or ``:16:8`` before its first use: the block sets ``:4096:8`` when the variable is
     unset (and unsets it again afterwards), and refuses another value with a ``ConfigError``.
     """
     if not enabled:
-        yield
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = benchmark or use_cudnn_benchmark(device, enabled)
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
         return
     restore_env = False
     if device is not None and device.type == "cuda":

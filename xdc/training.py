@@ -36,6 +36,7 @@ from xdc.deep_clustering import (
     DeepClusteringModel,
     build_model,
     check_replicas_agree,
+    num_features,
     reset_heads,
     wrap_distributed,
 )
@@ -94,6 +95,8 @@ def _pretrain(run: RunContext) -> LoopState:
     log = RunLog(run.out, enabled=dist.is_main())
     log.truncate(state.log_seq)
     sync_warnings(log)  # RUN/warnings.json: the warnings of the log kept, each once
+    for note in run.notes:  # another world size, a moved manifest
+        log.write("note", step=state.step, message=note, world_size=dist.world_size())
     train_model = wrap_distributed(model, run.device)
     while state.iteration < config.train.iterations:
         if state.phase == "cluster":
@@ -102,9 +105,11 @@ def _pretrain(run: RunContext) -> LoopState:
         run_iteration(state, model, train_model, optimizer, scaler, run, log)
     state.finished = True
     check_replicas_agree(model)
+    # Steps taken by each process (the same on every one: DDP needs it; see KeySampler).
+    steps = dist.all_gather_varlen(torch.tensor([state.step], device=run.device)).tolist()
     # Logged before the final checkpoint, which then covers it: a kill in between cannot leave a
     # finished run without its record.
-    log.write("finished", step=state.step, iterations=state.iteration)
+    log.write("finished", step=state.step, iterations=state.iteration, steps_per_process=steps)
     checkpoint(run, state, model, optimizer, scaler, log)
     log.close()
     run.say(f"done: {run.out}/{CHECKPOINT_NAME}")
@@ -181,8 +186,12 @@ def run_extraction(
             encoders, loader, run.device, progress=run.progress, total=len(loader), desc="extract"
         )
         run.report_failures(feats.failures)
-        return feats
-    return _averaged_views(encoders, rows, run, iteration)
+    else:
+        feats = _averaged_views(encoders, rows, run, iteration)
+    for m, enc in encoders.items():  # a process whose shard gave no clip: (0, D), as elsewhere
+        if feats.features[m].shape[0] == 0:
+            feats.features[m] = torch.zeros(0, num_features(enc))
+    return feats
 
 
 def _reported(
@@ -401,34 +410,40 @@ class _Meter:
 
 @torch.no_grad()
 def heldout_loss(model: DeepClusteringModel, state: LoopState, run: RunContext) -> dict[str, float]:
-    """Pseudo-label loss and accuracy on the held-out videos (fixed clips, eval mode)."""
+    """Pseudo-label loss and accuracy on the held-out videos (fixed clips, eval mode).
+
+    Each process takes a contiguous block of the held-out clips (possibly none) and sums on the
+    model's device; one all-reduce per call, on every process.
+    """
     rows = state.val_rows.tolist()
     if not rows:
         return {"val_loss": math.nan, "val_acc": math.nan}
     model.eval()
     heads = run.method.heads()
+    labels = {name: v.to(run.device) for name, v in state.labels.items()}
     # Per head: summed loss, correct predictions; last entry: number of clips.
-    sums = torch.zeros(2 * len(heads) + 1, dtype=torch.float64)
-    for batch in run.loader(run.eval_set, fixed_keys(rows)):
+    sums = torch.zeros(2 * len(heads) + 1, dtype=torch.float64, device=run.device)
+    for batch in run.loader(run.eval_set, fixed_keys(rows), contiguous=True):
         run.report_failures(batch["failures"])
         valid = batch["valid"].bool()
-        inputs = {m: batch[m][valid].to(run.device) for m in MODALITIES}
-        index = batch["index"][valid]
-        logits = model(inputs)
+        inputs = {m: batch[m][valid].to(run.device, non_blocking=True) for m in MODALITIES}
+        index = batch["index"][valid].to(run.device)
+        with optim.autocast(run.device, run.amp_dtype):
+            logits = model(inputs)
         for h, (e, c) in enumerate(heads):
-            target = state.labels[c][index].to(run.device)
+            target = labels[c][index]
             out = logits[run.method.head_name(e, c)].float()
-            sums[2 * h] += float(F.cross_entropy(out, target, reduction="sum"))
-            sums[2 * h + 1] += float((out.argmax(1) == target).sum())
-        sums[-1] += int(valid.sum())
-    dist.all_reduce_sum(sums)
-    n = max(1.0, float(sums[-1]))
+            sums[2 * h] += F.cross_entropy(out, target, reduction="sum")
+            sums[2 * h + 1] += (out.argmax(1) == target).sum()
+        sums[-1] += index.shape[0]
+    values = dist.all_reduce_sum(sums).tolist()
+    n = max(1.0, values[-1])
     result = {
-        "val_loss": float(sums[0:-1:2].sum()) / (n * len(heads)),
-        "val_acc": float(sums[1:-1:2].sum()) / (n * len(heads)),
+        "val_loss": sum(values[0:-1:2]) / (n * len(heads)),
+        "val_acc": sum(values[1:-1:2]) / (n * len(heads)),
     }
     for h, (e, c) in enumerate(heads):
-        result[f"val_acc_{run.method.head_name(e, c)}"] = float(sums[2 * h + 1]) / n
+        result[f"val_acc_{run.method.head_name(e, c)}"] = values[2 * h + 1] / n
     return result
 
 

@@ -323,20 +323,26 @@ def epoch_keys(
 class KeySampler(Sampler[ClipKey]):
     """Yields a precomputed list of keys, this process's share when distributed.
 
-    The share is strided (``rank::world``) for training, or a contiguous block when
-    ``contiguous``: feature extraction uses blocks so that concatenating the shards in rank order
-    gives the single-process order, which distributed k-means relies on.
+    Training (the default): a strided share (``rank::world``) of the keys padded by wrapping
+    around to a multiple of ``world_size`` — every rank gets ``ceil(n / world_size)`` keys, so
+    every rank takes the same number of steps (DDP needs it); the padding repeats the first
+    ``ceil(n / world) * world - n`` keys (the same clips, on other ranks). With ``contiguous``: a
+    contiguous block without padding, the blocks' sizes differing by at most one (0 when ``n <
+    world_size``): feature extraction and held-out sums use blocks, so that concatenating the
+    shards in rank order gives the single-process order, which distributed k-means relies on, and
+    no clip is counted twice.
     """
 
     def __init__(
         self, keys: Sequence[ClipKey], rank: int = 0, world_size: int = 1, contiguous: bool = False
     ) -> None:
         keys = list(keys)
+        n = len(keys)
         if contiguous:
-            n = len(keys)
             self.keys = keys[rank * n // world_size : (rank + 1) * n // world_size]
         else:
-            self.keys = keys[rank::world_size]
+            padded = -(-n // world_size) * world_size
+            self.keys = [keys[i % n] for i in range(rank, padded, world_size)]
 
     def __iter__(self) -> Iterator[ClipKey]:
         return iter(self.keys)
