@@ -1,6 +1,8 @@
-"""Data-loader benchmark: the full xdc loader against a bare PyAV seek-and-decode of the same clips.
+"""Data-loader benchmark: the full xdc loader against a bare PyAV seek-and-decode of the same clips,
+and the loader on raw 360p and 720p sources against the same clips after ``xdc prepare``.
 
     make bench-data            # or: .venv/bin/python benchmarks/data.py [--clips 240] [--data DIR]
+    .venv/bin/python benchmarks/data.py --part prepared     # only the prepared-vs-raw rows
 
 Both sides decode exactly the same clips (same videos, same start times) in the same run:
 
@@ -10,7 +12,16 @@ Both sides decode exactly the same clips (same videos, same start times) in the 
   normalisation, audio resampling to 16 kHz mono, log-mel, collation), with 0, 1 and 2 workers.
 
 Prints clips/s, the ratio to the bare decode, and peak memory (max RSS of the main process and of
-the worker processes). Timings on a shared machine are noisy: compare the ratios of one run.
+the worker processes).
+
+Prepared vs raw: ``--files`` textured, panning videos with stereo 44.1 kHz AAC, ``--seconds`` long at
+30 fps, at 640x360 and 1280x720, H.264 (x264 veryfast, CRF 23) with keyframes every
+``--source-gop`` frames (250, x264's default: what a plain ``ffmpeg -c:v libx264`` writes, so a
+10-second clip has one keyframe), made once under ``.cache/``. The same clips (same keys, hence same
+rows and start times) are loaded from them and from their ``xdc prepare`` copies (short side 128,
+a keyframe a second, 16 kHz mono audio), by the loader in the main process (0 workers: clips/s per
+core), one batch from each side in turn. Timings on a shared machine are noisy: compare the ratios
+of one run.
 """
 
 from __future__ import annotations
@@ -29,11 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xdc import seeds  # noqa: E402
-from xdc.config import build_config  # noqa: E402
+from xdc.config import DataConfig, build_config  # noqa: E402
 from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys  # noqa: E402
 from xdc.data.decode import clip_duration  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
+from xdc.data.index import index_source  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
+from xdc.data.prepare import prepare_videos  # noqa: E402
 
 
 def bare_decode(path: str, start: float, span: float, audio_start: float, audio_end: float) -> int:
@@ -84,30 +97,101 @@ def time_loader(dataset: ClipDataset, keys: list, workers: int, batch_size: int)
     return n / (time.perf_counter() - start)
 
 
+def textured_video(
+    path: Path, width: int, height: int, seconds: float, gop: int, seed: int, fps: int = 30
+) -> None:
+    """A panning blurred-noise texture with a moving square and grain (x264 cannot shrink it to
+    nothing, as it does flat test patterns), and stereo 44.1 kHz AAC noise-modulated tones."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 8 + 10, width // 8 + 34, 3)).astype(np.float32)
+    texture = np.repeat(np.repeat(small, 8, 0), 8, 1)
+    for axis in (0, 1):  # a blur, for the soft edges of natural images
+        texture = (np.roll(texture, 4, axis) + texture + np.roll(texture, -4, axis)) / 3
+    texture = texture.astype(np.uint8)
+    frames, side = int(seconds * fps), height // 5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.mp4")
+    with av.open(str(tmp), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "veryfast", "crf": "23", "g": str(gop)}
+        audio = container.add_stream("aac", rate=44100, layout="stereo")
+        for i in range(frames):
+            x, y = i * 256 // frames, int(32 + 20 * np.sin(i / 15))
+            image = texture[y : y + height, x : x + width].copy()
+            left = (i * 7) % (width - side)
+            image[side : 2 * side, left : left + side] = (255, 64, 32)
+            image += rng.integers(0, 8, image.shape, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        t = np.arange(int(seconds * 44100)) / 44100
+        tone = 0.3 * np.sin(2 * np.pi * (300 + 200 * np.sin(t)) * t) * rng.random(t.size)
+        for start in range(0, t.size, 1024):
+            piece = np.tile(tone[start : start + 1024].astype(np.float32), (2, 1))
+            frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 44100, start
+            container.mux(audio.encode(frame))
+        container.mux(audio.encode())
+    tmp.replace(path)
+
+
+def prepared_rows(args: argparse.Namespace, config: DataConfig) -> list[tuple[str, float, float]]:
+    """(name, raw clips/s, prepared clips/s) at 360p and 720p, the same keys on both sides."""
+    cache = ROOT / ".cache" / f"bench-prepare-gop{args.source_gop}"
+    rows = []
+    for width, height in ((640, 360), (1280, 720)):
+        raw = cache / f"raw-{height}p"
+        for i in range(args.files):
+            path = raw / f"v{i:02d}.mp4"
+            if not path.is_file():
+                print(f"writing {path} …", flush=True)
+                textured_video(path, width, height, args.seconds, args.source_gop, seed=i)
+        index_source(raw, raw / "manifest.csv", workers=1, progress=False)
+        started = time.perf_counter()
+        result = prepare_videos(raw, cache / f"prepared-{height}p", progress=False)
+        print(
+            f"xdc prepare {height}p: {result.prepared} prepared, {result.skipped} skipped in "
+            f"{time.perf_counter() - started:.1f} s; {result.source_bytes / 2**20:.1f} MiB -> "
+            f"{result.output_bytes / 2**20:.1f} MiB",
+            flush=True,
+        )
+        datasets = [
+            ClipDataset(read_manifest(m), config, train=True)
+            for m in (raw / "manifest.csv", result.manifest_path)
+        ]
+        keys = epoch_keys(datasets[0].rows, args.prepared_clips, seeds.rng(0, "sample", 0, 0))
+        raw_rate, prepared_rate = interleaved_rates(datasets, keys, args.batch_size)
+        rows.append((f"{height}p", raw_rate, prepared_rate))
+    return rows
+
+
+def interleaved_rates(datasets: list[ClipDataset], keys: list, batch_size: int) -> list[float]:
+    """Clips/s of each dataset on the same keys, loaded (0 workers) one batch of each in turn, so
+    that a change in the machine's load weighs on every side alike."""
+    for dataset in datasets:  # the page cache and the first-use costs
+        time_loader(dataset, keys[:batch_size], 0, batch_size)
+    seconds = [0.0] * len(datasets)
+    for start in range(0, len(keys), batch_size):
+        for i, dataset in enumerate(datasets):
+            began = time.perf_counter()
+            for _ in clip_loader(dataset, keys[start : start + batch_size], batch_size, workers=0):
+                pass
+            seconds[i] += time.perf_counter() - began
+    return [len(keys) / s for s in seconds]
+
+
 def max_rss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--data", default=str(ROOT / ".cache" / "bench-demo"), help="demo data folder"
-    )
-    parser.add_argument("--clips", type=int, default=240, help="clips per measurement")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument(
-        "--preset", default="paper-kinetics", help="clip parameters (frames, fps, sizes)"
-    )
-    args = parser.parse_args()
-
+def worker_rows(args: argparse.Namespace, config: DataConfig) -> None:
+    """The loader with 0, 1 and 2 workers against a bare PyAV decode of the same clips."""
     data = Path(args.data)
     if not (data / "manifest.csv").is_file():
         print(f"generating demo data in {data} …", flush=True)
         generate_demo_data(data, classes=10, per_class=40, seed=0, progress=False)
-    config = build_config(args.preset).data
-    torch.set_num_threads(1)
     manifest = read_manifest(data / "manifest.csv")
     dataset = ClipDataset(manifest, config, train=True)
     keys = epoch_keys(dataset.rows, args.clips, seeds.rng(0, "sample", 0, 0))
@@ -132,6 +216,47 @@ def main() -> None:
         f"largest worker {max_rss_mib(resource.RUSAGE_CHILDREN):.0f} MiB"
     )
     print("targets: 0 workers ≥ 0.75× bare; 2 workers ≥ 1.7× 0 workers")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data", default=str(ROOT / ".cache" / "bench-demo"), help="demo data folder"
+    )
+    parser.add_argument("--clips", type=int, default=240, help="clips per measurement")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--preset", default="paper-kinetics", help="clip parameters (frames, fps, sizes)"
+    )
+    parser.add_argument(
+        "--part", choices=("all", "workers", "prepared"), default="all", help="which rows to run"
+    )
+    parser.add_argument("--files", type=int, default=4, help="source videos per resolution")
+    parser.add_argument("--seconds", type=float, default=6.0, help="length of each source video")
+    parser.add_argument("--source-gop", type=int, default=250, help="source keyframe interval")
+    parser.add_argument(
+        "--prepared-clips", type=int, default=48, help="clips per prepared-vs-raw measurement"
+    )
+    args = parser.parse_args()
+    config = build_config(args.preset).data
+    torch.set_num_threads(1)
+    if args.part in ("all", "workers"):
+        worker_rows(args, config)
+    if args.part in ("all", "prepared"):
+        rows = prepared_rows(args, config)
+        print(
+            f"\n{args.prepared_clips} clips per row, loader with 0 workers; sources "
+            f"{args.seconds:g} s at 30 fps, keyframes every {args.source_gop} frames"
+        )
+        print(f"{'':38} {'clips/s':>9} {'vs raw':>8}")
+        for name, raw, prepared in rows:
+            print(f"{'loader, ' + name + ' raw sources':38} {raw:9.1f} {1.0:7.2f}×")
+            print(
+                f"{'loader, ' + name + ' after xdc prepare':38} {prepared:9.1f} {prepared / raw:7.2f}×"
+            )
+        print("target: prepared 720p ≥ 3× raw")
 
 
 if __name__ == "__main__":

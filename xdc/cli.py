@@ -53,6 +53,23 @@ def cmd_index(
     return 0
 
 
+def cmd_prepare(
+    source: str, out: str, short_side: int = 128, keyframe_interval: float = 1.0, crf: int = 23,
+    preset: str = "veryfast", audio_rate: int = 16000, audio_channels: int = 1,
+    workers: int | None = None, progress: bool = True,
+) -> int:  # fmt: skip
+    """Re-encode the videos of SOURCE into OUT for training speed, with a manifest of the copies."""
+    from xdc.data.prepare import PrepareSettings, prepare_videos
+
+    settings = PrepareSettings(
+        short_side=short_side, keyframe_interval=keyframe_interval, crf=crf, preset=preset,
+        audio_rate=audio_rate, audio_channels=audio_channels,
+    )  # fmt: skip
+    result = prepare_videos(source, out, settings, workers=workers, progress=progress)
+    print(result.summary())
+    return 0
+
+
 def cmd_pretrain(
     data: str,
     out: str,
@@ -230,6 +247,45 @@ def _add_index(sub: Subcommands) -> None:
     )
 
 
+def _add_prepare(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="re-encode videos for training speed (128 px H.264, a keyframe a second, 16 kHz audio)",
+        description="Re-encodes every video of SOURCE into OUT (same relative paths, .mp4): "
+        "H.264 with the short side --short-side and a keyframe at least every "
+        "--keyframe-interval seconds, AAC audio at --audio-rate Hz (files without audio stay "
+        "without), timestamps and duration kept. Writes OUT/manifest.csv (the copies, with the "
+        "source's label/split columns and source_path: the original) and OUT/failed.csv (files "
+        "left out, with the reason). Re-running skips outputs whose source and settings did not "
+        "change; an interrupted run leaves no partial file. Originals are only read.",
+    )
+    p.add_argument(
+        "source", help="a folder of videos (labels from parent folder names) or a CSV/manifest "
+        "with a 'path' column (its other columns are kept)",
+    )  # fmt: skip
+    p.add_argument("out", help="output folder (must not be the source's own folder)")
+    p.add_argument(
+        "--short-side", type=int, default=128, help="pixels of the short side (default 128; "
+        "smaller sources keep their size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--keyframe-interval", type=float, default=1.0,
+        help="seconds between keyframes, at most (default 1)",
+    )  # fmt: skip
+    p.add_argument("--crf", type=int, default=23, help="x264 quality, 0-51, lower is better (23)")
+    p.add_argument("--preset", default="veryfast", help="x264 speed preset (default veryfast)")
+    p.add_argument("--audio-rate", type=int, default=16000, help="audio Hz (default 16000)")
+    p.add_argument("--audio-channels", type=int, default=1, help="1 mono (default) or 2 stereo")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(
+        run=lambda a: cmd_prepare(
+            a.source, a.out, a.short_side, a.keyframe_interval, a.crf, a.preset, a.audio_rate,
+            a.audio_channels, a.workers, not a.no_progress,
+        )
+    )  # fmt: skip
+
+
 def _add_pretrain(sub: Subcommands) -> None:
     p = sub.add_parser(
         "pretrain",
@@ -296,6 +352,7 @@ COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_demo,
     _add_demo_data,
     _add_index,
+    _add_prepare,
     _add_pretrain,
     _add_config,
     *_evaluation_commands(),

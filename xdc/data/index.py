@@ -68,9 +68,11 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "IndexResult",
     "ProbeResult",
+    "SourceEntry",
     "index_source",
     "probe_file",
     "read_official_splits",
+    "read_source",
 ]
 
 VIDEO_EXTENSIONS: frozenset[str] = frozenset(
@@ -107,7 +109,7 @@ _CACHE_VERSION = 2
 
 
 @dataclass
-class _Entry:
+class SourceEntry:
     """One video to index: its absolute path and the columns the source gave it."""
 
     path: str  # empty when the CSV row has none
@@ -115,7 +117,7 @@ class _Entry:
     problem: str = ""  # why a CSV row names no file
 
 
-def _read_source(source: Path) -> tuple[list[_Entry], list[str]]:
+def read_source(source: Path) -> tuple[list[SourceEntry], list[str]]:
     """(entries, extra column names) of a folder or a CSV source."""
     if source.is_dir():
         return _scan_folder(source), []
@@ -129,7 +131,7 @@ def _read_source(source: Path) -> tuple[list[_Entry], list[str]]:
     raise DataError(f"{source}: not found; pass a folder of videos or a CSV with a 'path' column")
 
 
-def _scan_folder(source: Path) -> list[_Entry]:
+def _scan_folder(source: Path) -> list[SourceEntry]:
     """Video files under ``source`` (hidden files and folders skipped), in a stable order."""
     entries = []
     root = os.path.abspath(source)
@@ -138,11 +140,13 @@ def _scan_folder(source: Path) -> list[_Entry]:
         label = "" if folder == root else text_cell(os.path.basename(folder))
         for name in sorted(files):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in _MEDIA_EXTENSIONS:
-                entries.append(_Entry(os.path.join(folder, name), {"label": label, "split": ""}))
+                entries.append(
+                    SourceEntry(os.path.join(folder, name), {"label": label, "split": ""})
+                )
     return entries
 
 
-def _read_source_csv(source: Path) -> tuple[list[_Entry], list[str]]:
+def _read_source_csv(source: Path) -> tuple[list[SourceEntry], list[str]]:
     try:
         with source.open(newline="", encoding="utf-8-sig") as fh:  # -sig: spreadsheets add a BOM
             reader = csv.DictReader(fh)
@@ -171,7 +175,7 @@ def _read_source_csv(source: Path) -> tuple[list[_Entry], list[str]]:
         absolute = os.path.abspath(folder / path) if path else ""
         kept = {c: row.get(c, "") for c in ("label", "split", *extras)}
         problem = "" if path else f"line {line} of {source} has an empty 'path'"
-        entries.append(_Entry(absolute, kept, problem))
+        entries.append(SourceEntry(absolute, kept, problem))
     return entries, extras
 
 
@@ -394,7 +398,7 @@ def index_source(
         progress: show a progress bar.
     """
     source, output = Path(source), Path(output)
-    entries, extra_columns = _read_source(source)
+    entries, extra_columns = read_source(source)
     official = None if splits_dir is None else load_official_splits(splits_dir, split_number)
     _check_writable(output)
     cache = _ProbeCache(Path(f"{output}.probe-cache.json"))
@@ -429,7 +433,9 @@ def index_source(
 
 
 def _sort_rows(
-    entries: list[_Entry], results: dict[str, tuple[ProbeResult, os.stat_result | None]], root: str
+    entries: list[SourceEntry],
+    results: dict[str, tuple[ProbeResult, os.stat_result | None]],
+    root: str,
 ) -> tuple[list[dict[str, object]], list[str], list[dict[str, object]]]:
     """(manifest rows, their absolute paths, rejected rows), in the source's order."""
     kept: list[dict[str, object]] = []
