@@ -90,7 +90,13 @@ def test_linear_probe_video_json_is_stdout_and_file(run_copy: Path, capsys) -> N
     assert result["C"] in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
     assert set(result["per_class"]) == set(read_run_info(run_copy)["label_names"])
     assert result["train_split"] == "train" and result["test_split"] == "test"
-    assert result["bn_clips"] == 4 and result["modality"] == "video"
+    assert result["modality"] == "video"
+    # A trained encoder keeps its stored BatchNorm statistics (nothing recomputed), and says so.
+    assert result["bn_clips"] == 0 and result["bn_statistics"] == {
+        "policy": "auto",
+        "video": "stored (the checkpoint's)",
+    }
+    assert result["unreadable_test_videos"] == 0 and result["n_test_official"] == 3
 
 
 def test_linear_probe_audio_prints_table(run_copy: Path, capsys) -> None:
@@ -233,7 +239,7 @@ def test_audio_probe_with_folds(run_copy: Path, tmp_path: Path, capsys) -> None:
     folds = result["folds"]
     assert [f["fold"] for f in folds] == ["1", "2"]
     assert sorted(f["n_test"] for f in folds) == [8, 9]
-    assert all(f["n_train"] + f["n_test"] == 17 and f["bn_clips"] == 4 for f in folds)
+    assert all(f["n_train"] + f["n_test"] == 17 and f["bn_clips"] == 0 for f in folds)
     top1 = [f["top1"] for f in folds]
     assert result["top1"] == pytest.approx(np.mean(top1))
     assert result["top1_std"] == pytest.approx(np.std(top1))

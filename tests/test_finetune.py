@@ -23,23 +23,13 @@ from xdc.evaluation.finetune import (
 )
 from xdc.features import mean_per_video
 
-# Small and fast: decoded once into RAM, few test clips, few clips for the BatchNorm statistics.
+# Small and fast: decoded once into RAM, few test clips.
 FAST = ("data.cache=memory",)
-FAST_FLAGS = (
-    "--device",
-    "cpu",
-    "--batch-size",
-    "4",
-    "--test-clips",
-    "2",
-    "--bn-recalibration-clips",
-    "6",
-    "--no-progress",
-)
+FAST_FLAGS = ("--device", "cpu", "--batch-size", "4", "--test-clips", "2", "--no-progress")
 
 
 def fast_settings(**changes: Any) -> FinetuneSettings:
-    values: dict[str, Any] = {"batch_size": 4, "test_clips": 2, "bn_recalibration_clips": 6}
+    values: dict[str, Any] = {"batch_size": 4, "test_clips": 2}
     values.update(changes)
     return FinetuneSettings(**values)
 
@@ -281,6 +271,7 @@ def _corrupt(demo: Path, tmp: Path, run: Path) -> list[str]:
     return ["--checkpoint", str(tmp / "bad"), "--data", str(demo)]
 
 
+AUDIO_THREE_CROPS = ("--modality", "audio", "--test-crops", "3")
 BAD_INPUTS = {
     "no split columns": (
         lambda d, t, r: ["--checkpoint", str(r), "--data", str(d), "--splits", "1,2,3"],
@@ -304,6 +295,10 @@ BAD_INPUTS = {
     "model override of a run": (
         lambda d, t, r: ["--checkpoint", str(r), "--data", str(d), "model.video_width=8"],
         "model.video_width",
+    ),
+    "three crops of audio": (
+        lambda d, t, r: ["--checkpoint", str(r), "--data", str(d), *AUDIO_THREE_CROPS],
+        "--test-crops",
     ),
     "bad splits flag": (
         lambda d, t, r: ["--checkpoint", str(r), "--data", str(d), "--splits", "1,x"],

@@ -470,7 +470,12 @@ def test_ucf101_splits_fill_split_columns_and_official_labels(
     )
 
     manifest = read_manifest(tmp_path / "m.csv")
-    assert manifest.columns == [*MANIFEST_COLUMNS, "split_1", "split_2"]
+    assert manifest.columns == [*MANIFEST_COLUMNS, "split_1", "split_2", "group"]
+    groups = {r["path"].split("/", 1)[1]: r["group"] for r in manifest.rows}
+    assert (
+        groups[names["eye_train"]] == "ApplyEyeMakeup_g08" and groups[names["bow"]] == "Archery_g01"
+    )
+    assert groups["Archery/v_extra_not_listed.avi"] == ""  # no gNN_cMM in its name
     got = {
         r["path"].split("/", 1)[1]: (r["split"], r["split_1"], r["split_2"]) for r in manifest.rows
     }

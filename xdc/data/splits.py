@@ -5,6 +5,10 @@ UCF101 (``ucfTrainTestlist``): ``classInd.txt`` (``<class index> <Class>``), ``t
 ``Class/video.avi``. HMDB51 (``testTrainMulti_7030_splits``): ``<class>_test_splitN.txt``
 (``video.avi <0|1|2>``: 1 train, 2 test, 0 "unused" — left out of that split on purpose); a video
 is keyed by its file name.
+
+UCF101 videos also get a ``group`` column (``Class_gNN``, from ``v_Class_gNN_cMM.avi``): the clips
+of one group come from one longer video, and the linear probe's inner cross-validation keeps a
+group on one side of every fold (``xdc.evaluation.linear_probe.GROUP_COLUMN``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,14 @@ __all__ = [
 _UCF_LIST = re.compile(r"^(train|test)list0*(\d+)\.txt$", re.IGNORECASE)
 _HMDB_LIST = re.compile(r"^(.+)_test_split(\d+)\.txt$", re.IGNORECASE)
 _HMDB_CODES = {"1": "train", "2": "test", "0": "unused"}
+_UCF_GROUP = re.compile(r"_g(\d+)_c\d+\.[^.]+$", re.IGNORECASE)
+
+
+def ucf101_group(path: str, label: str) -> str:
+    """``Class_gNN`` of a UCF101 video ``.../v_Class_gNN_cMM.avi`` (``label``: its class); ""
+    for a name without a group."""
+    match = _UCF_GROUP.search(Path(path).name)
+    return f"{label}_g{int(match.group(1)):02d}" if match and label else ""
 
 
 @dataclass
@@ -163,9 +175,10 @@ def apply_official_splits(
     split_number: int,
     all_paths: Iterable[str],
 ) -> tuple[list[str], str]:
-    """Fill ``split`` and ``split_N`` of the manifest rows; returns the added column names and a
-    line for the summary. A matched video's label becomes its official class name. Matching
-    ignores case: UCF101's own names mix ``HandstandPushups`` and ``HandStandPushups``."""
+    """Fill ``split`` and ``split_N`` (and for UCF101 ``group``) of the manifest rows; returns the
+    added column names and a line for the summary. A matched video's label becomes its official
+    class name. Matching ignores case: UCF101's own names mix ``HandstandPushups`` and
+    ``HandStandPushups``."""
     numbers = sorted(official.splits)
     lookups = {n: {k.lower(): v for k, v in official.splits[n].items()} for n in numbers}
     classes = {k.lower(): v for k, v in official.classes.items()}
@@ -175,6 +188,8 @@ def apply_official_splits(
             row[f"split_{number}"] = lookups[number].get(key, "")
         row["split"] = row[f"split_{split_number}"]
         row["label"] = classes.get(key, row.get("label", ""))
+        if official.dataset == "UCF101":
+            row["group"] = ucf101_group(path, str(row["label"]))
     counts = Counter(str(row["split"]) or "not listed" for row in rows)
     found = {official.key(p).lower() for p in all_paths}
     absent = len(set(lookups[split_number]) - found)
@@ -183,4 +198,5 @@ def apply_official_splits(
         f"{official.dataset} split {split_number} (of {', '.join(map(str, numbers))}): {account}; "
         f"listed in the split files but not in the source: {absent}"
     )
-    return [f"split_{n}" for n in numbers], note
+    columns = [f"split_{n}" for n in numbers]
+    return columns + (["group"] if official.dataset == "UCF101" else []), note

@@ -10,9 +10,10 @@ Frozen-feature protocols (README, "Evaluation protocols"), each a Python functio
 | ``retrieval.evaluate_retrieval``           | ``retrieval``    | RUN/eval/retrieval.json       |
 | ``cluster_eval.cluster_evaluation``        | ``cluster-eval`` | RUN/eval/clusters.json        |
 
-Every encoder evaluated — a run's (``--checkpoint RUN``) or a random one of the same architecture
-(``--checkpoint random --like RUN``) — has its BatchNorm statistics recomputed on the same training
-clips before features are extracted (``extract.FeatureExtractor``). To run several protocols on one
+A run's encoders (``--checkpoint RUN``) keep their stored BatchNorm statistics; a random one of the
+same architecture (``--checkpoint random --like RUN``) has them recomputed on the same training
+clips (``extract.FeatureExtractor``, ``--bn-statistics``). A test video that cannot be read counts
+as wrong (``protocol``: the official list is the denominator). To run several protocols on one
 extraction, call ``extract_splits`` once and pass its features to ``probe_clip_features``,
 ``retrieval.retrieval`` and ``audio_probe.probe_fold``.
 """

@@ -21,6 +21,7 @@ from xdc import atomic
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import ConfigError
 from xdc.evaluation.encoders import EvalEncoders, load_eval_encoders
+from xdc.evaluation.extract import BN_STATISTICS
 
 DEFAULT_CLIPS = 10
 DEFAULT_BN_CLIPS = 512
@@ -39,7 +40,9 @@ class EvalOptions:
 
     ``checkpoint``: a run folder, its checkpoint file, or ``random`` (then ``like`` or ``preset``
     give the architecture and ``seed`` the weights). ``data``: the manifest (default: the one the
-    run trained on). ``clips`` per video; ``bn_clips`` training clips recompute BatchNorm.
+    run trained on). ``clips`` per video; ``bn_statistics`` which BatchNorm statistics the
+    encoders use (``auto``: stored for a trained encoder, recomputed on ``bn_clips`` training clips
+    for a random init; ``stored``; ``recalibrated``: recomputed for every encoder).
     """
 
     checkpoint: str
@@ -50,6 +53,7 @@ class EvalOptions:
     overrides: Sequence[str] = ()
     clips: int = DEFAULT_CLIPS
     bn_clips: int = DEFAULT_BN_CLIPS
+    bn_statistics: str = "auto"
     batch_size: int | None = None
     device: str | None = None
     progress: bool = True
@@ -82,7 +86,7 @@ class EvalOptions:
 
     def run_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the ``evaluate_*`` functions: clips, BatchNorm, device."""
-        names = ("clips", "bn_clips", "device", "progress", "batch_size")
+        names = ("clips", "bn_clips", "device", "progress", "batch_size", "bn_statistics")
         return {name: getattr(self, name) for name in names}
 
 
@@ -158,10 +162,18 @@ def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0, help="random only: initialisation seed (default 0)")
     add("--clips", type=int, default=DEFAULT_CLIPS, help="uniformly spaced clips per video (10)")
     add(
+        "--bn-statistics",
+        choices=BN_STATISTICS,
+        default="auto",
+        help="BatchNorm statistics of the encoders: auto (default) = a trained encoder's stored "
+        "ones, as published protocols use, recomputed on training clips only for random init; "
+        "stored; recalibrated = recomputed for every encoder (xdc's variant, labelled in the result)",
+    )
+    add(
         "--bn-clips",
         type=int,
         default=DEFAULT_BN_CLIPS,
-        help="training clips that recompute BatchNorm statistics, for every encoder (512; 0 = off)",
+        help="training clips BatchNorm statistics are recomputed on, when they are (512; 0 = never)",
     )
     add("--batch-size", type=int, default=None, help="clips per batch (default: the config's)")
     add_device_arguments(p)

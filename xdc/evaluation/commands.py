@@ -25,6 +25,7 @@ from xdc.evaluation.cli_shared import (
     load_with_folder,
 )
 from xdc.evaluation.encoders import run_folder
+from xdc.evaluation.protocol import unreadable_line
 
 
 def cmd_extract(
@@ -69,8 +70,9 @@ def add_extract_parser(sub: Subcommands) -> None:
     p = sub.add_parser(
         "extract",
         help="frozen-encoder features of a manifest's videos to an .npz file",
-        description="Recompute BatchNorm statistics on training clips, then extract features of "
-        "N uniformly spaced clips per video (averaged per video unless --keep-clips).",
+        description="Features of N uniformly spaced clips per video (averaged per video unless "
+        "--keep-clips); BatchNorm statistics as --bn-statistics says (a trained encoder's stored "
+        "ones; recomputed on --bn-split clips for random init).",
     )
     add_encoder_arguments(p)
     p.add_argument("--modality", choices=("video", "audio"), default="video")
@@ -115,8 +117,17 @@ def cmd_linear_probe(
         f"{r['C']:g}",
         r["feature_dim"],
     ]
-    emit(r, folder, f"linear_probe_{modality}.json", as_json, format_table(title, header, [row]))
+    table = format_table(title, header, [row])
+    table += "\n" + statistics_line(r["bn_statistics"])
+    table += "\n" + unreadable_line(r["unreadable_test_videos"], r["n_test_official"])
+    emit(r, folder, f"linear_probe_{modality}.json", as_json, table)
     return 0
+
+
+def statistics_line(statistics: dict[str, object]) -> str:
+    """The line under a result table that says which BatchNorm statistics were used."""
+    used = "; ".join(f"{m} {v}" for m, v in statistics.items() if m != "policy")
+    return f"BatchNorm statistics ({statistics.get('policy')}): {used}"
 
 
 def add_linear_probe_parser(sub: Subcommands) -> None:
@@ -124,9 +135,10 @@ def add_linear_probe_parser(sub: Subcommands) -> None:
         sub,
         "linear-probe",
         help="logistic regression on frozen features (video-level top-1/top-5)",
-        description="BatchNorm recalibrated on training clips, features of N clips per video, "
+        description="Features of N clips per video (BatchNorm statistics per --bn-statistics), "
         "StandardScaler + logistic regression with C cross-validated on the training split "
-        "(grouped by video), tested by averaging clip probabilities per test video.",
+        "(grouped by video, or by the manifest's 'group' column), tested by averaging clip "
+        "probabilities per test video; an unreadable test video counts as wrong.",
     )
     p.add_argument("--modality", choices=("video", "audio"), default="video")
     add_split_arguments(p, "split to train on", "split to test on")
@@ -149,16 +161,27 @@ def cmd_audio_probe(
     source, manifest, folder = load_with_folder(options, out_dir, as_json)
     r = audio_probe(source, manifest, folds_column, **options.run_kwargs())
     rows = [
-        [f["fold"], f["top1"], f["top5"], f["n_train"], f["n_test"], f"{f['C']:g}"]
+        [
+            f["fold"],
+            f["top1"],
+            f["top5"],
+            f["n_train"],
+            f["n_test"],
+            f["unreadable_test_videos"],
+            f"{f['C']:g}",
+        ]
         for f in r["folds"]
     ]
     rows += [["mean", r["top1"], r["top5"]], ["std", r["top1_std"], r["top5_std"]]]
-    rows = [row + [""] * (6 - len(row)) for row in rows]
+    rows = [row + [""] * (7 - len(row)) for row in rows]
     title = (
-        f"audio probe of {describe(source)}: {r['n_folds']} folds ({folds_column!r}), "
-        f"{options.clips} sub-clips per recording, BatchNorm per fold"
+        f"audio probe of {describe(source)}: {r['evaluation']}, "
+        f"{options.clips} sub-clips per recording"
     )
-    table = format_table(title, ["fold", "top-1", "top-5", "n_train", "n_test", "C"], rows)
+    header = ["fold", "top-1", "top-5", "n_train", "n_test", "unreadable", "C"]
+    table = format_table(title, header, rows)
+    table += "\n" + statistics_line(r["bn_statistics"])
+    table += "\n" + unreadable_line(r["unreadable_test_videos"], r["n_test_official"])
     emit(r, folder, "audio_probe.json", as_json, table)
     return 0
 
@@ -168,10 +191,16 @@ def add_audio_probe_parser(sub: Subcommands) -> None:
         sub,
         "audio-probe",
         help="k-fold linear classification of frozen audio features (ESC-50, DCASE)",
-        description="Folds from a manifest column; per fold, BatchNorm recalibrated on the "
-        "training recordings, features averaged over N sub-clips, logistic regression.",
+        description="Folds from a manifest column; features averaged over N sub-clips "
+        "(BatchNorm statistics per --bn-statistics; when recomputed, per fold on its training "
+        "recordings), logistic regression; an unreadable test recording counts as wrong.",
     )
-    p.add_argument("--folds-column", default="fold", help="manifest column with each row's fold")
+    p.add_argument(
+        "--folds-column",
+        default="fold",
+        help="manifest column with each row's fold (ESC-50: fold); a column holding train and "
+        "test (DCASE2014: split) is one official split: train on train, test on test",
+    )
     p.set_defaults(
         run=lambda a: cmd_audio_probe(EvalOptions.from_args(a), a.folds_column, a.json, a.out_dir)
     )
@@ -198,6 +227,9 @@ def cmd_retrieval(
         f"cosine; cross-modal through CCA (d={r.get('cca_dim', '-')}) fitted on {train_split!r}"
     )
     table = format_table(title, ["query -> gallery", *[f"R@{k}" for k in r["ks"]]], rows)
+    table += "\n" + statistics_line(r["bn_statistics"])
+    table += "\n" + unreadable_line(r["unreadable_test_videos"], r["n_test_official"])
+    table += " (a miss at every k)"
     emit(r, folder, "retrieval.json", as_json, table)
     return 0
 
@@ -208,8 +240,9 @@ def add_retrieval_parser(sub: Subcommands) -> None:
         "retrieval",
         help="nearest-neighbour recall@1/5/10/20 within and across modalities",
         description="Test videos query the training videos by cosine similarity of clip-averaged "
-        "features; a hit is a retrieved item of the query's class. Audio->video goes through a "
-        "CCA fitted on the training split's paired features.",
+        "features; a hit is a retrieved item of the query's class; an unreadable test video is a "
+        "miss. Audio->video goes through a CCA fitted on the training split's paired features "
+        "(xdc's own cross-modal protocol).",
     )
     add_split_arguments(p, "gallery split", "query split")
     p.set_defaults(

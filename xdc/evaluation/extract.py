@@ -2,11 +2,15 @@
 
 Every evaluation goes through ``FeatureExtractor``:
 
-1. **BatchNorm recalibration** (README, "Evaluation protocols"): before extracting, each encoder — random or
-   trained — gets its BatchNorm statistics recomputed (``xdc.features.calibrated_copy``) on
-   ``bn_clips`` clips of the *training* rows. The clips are a fixed function of those rows and the
-   number asked for (never of the encoder), so every encoder compared sees the same clips. It is
-   done once per encoder and extractor, however many splits are extracted afterwards.
+1. **BatchNorm statistics** (README, "Evaluation protocols"), chosen by ``bn_statistics``:
+   ``auto`` (the default) keeps the statistics a trained encoder stored, as the field's frozen-feature
+   protocols do, and recomputes them only for a random init, which has none; ``stored`` never
+   recomputes; ``recalibrated`` recomputes them for every encoder (xdc's variant: a form of
+   domain adaptation to the downstream data that published protocols do not apply, labelled as
+   such in every result). Recomputing (``xdc.features.calibrated_copy``) uses ``bn_clips`` clips of
+   the *training* rows, a fixed function of those rows and the number asked for (never of the
+   encoder), so every encoder compared sees the same clips; it is done once per encoder and
+   extractor, however many splits are extracted afterwards.
 2. **Clips**: ``clips`` uniformly spaced clips per video (``xdc.data.datasets.fixed_keys``), centre
    crop, no augmentation. Audio windows are centred on the video clips; audio features decode no
    frames, and for an audio-only file (``has_video`` 0) each clip is one audio window.
@@ -15,7 +19,8 @@ Every evaluation goes through ``FeatureExtractor``:
 Rows of the features are rows of the *whole* manifest, so the splits of one manifest join.
 Rows without an audio track are left out of audio features and audio-only rows out of video
 features (counted on stderr); a file that fails to decode is left out and listed in
-``ClipFeatures.failures``.
+``ClipFeatures.failures``; ``unreadable_rows`` names the rows none of whose clips decoded, which
+the protocols count as wrong answers (the denominator stays the official test list).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from xdc.data.cache import ClipCache
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader, fixed_keys
 from xdc.data.decode import ClipSpec
 from xdc.data.manifest import Manifest
-from xdc.errors import DataError
+from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
 from xdc.features import (
     ClipFeatures,
@@ -153,16 +158,32 @@ class EvalClips:
         return clip_loader(self.datasets[modality], keys, self.batch_size)
 
 
+BN_STATISTICS = ("auto", "stored", "recalibrated")
+"""Which BatchNorm statistics frozen features use (``--bn-statistics``; module docstring)."""
+
+
+def recalibrates(bn_statistics: str, is_random: bool) -> bool:
+    """Whether ``bn_statistics`` recomputes the statistics of an encoder (random init or not)."""
+    if bn_statistics not in BN_STATISTICS:
+        raise ConfigError(
+            f"--bn-statistics {bn_statistics!r}: choose one of {', '.join(BN_STATISTICS)}"
+        )
+    return bn_statistics == "recalibrated" or (bn_statistics == "auto" and is_random)
+
+
 class FeatureExtractor:
-    """Features of an ``EvalEncoders`` on ``EvalClips``, BatchNorm recalibrated once per encoder.
+    """Features of an ``EvalEncoders`` on ``EvalClips``, with the BatchNorm statistics
+    ``bn_statistics`` asks for (recomputed at most once per encoder).
 
     Args:
         source: the encoders to evaluate.
         clips: where clips come from.
         calibration_rows: training rows whose clips recompute the BatchNorm statistics.
-        bn_clips: clips used for that (0 = keep the stored statistics; unfair to random encoders).
+        bn_clips: clips used for that (0 = never recompute: random encoders keep their initial
+            statistics, which is unfair to them).
         device: ``cpu``, ``cuda``… (None: CUDA when available).
         progress: progress bars on stderr.
+        bn_statistics: ``auto``, ``stored`` or ``recalibrated`` (``BN_STATISTICS``).
     """
 
     def __init__(
@@ -173,6 +194,7 @@ class FeatureExtractor:
         bn_clips: int = 512,
         device: str | None = None,
         progress: bool = True,
+        bn_statistics: str = "auto",
     ) -> None:
         self.source = source
         self.clips = clips
@@ -180,17 +202,21 @@ class FeatureExtractor:
         self.bn_clips = bn_clips
         self.device = resolve_device(device)
         self.progress = progress
+        self.bn_statistics = bn_statistics
+        self.recalibrate = recalibrates(bn_statistics, source.is_random)
         self._calibrated: dict[str, nn.Module] = {}
         self.calibration_counts: dict[str, int] = {}
-        """Clips each modality's BatchNorm statistics were computed on."""
+        """Clips each modality's BatchNorm statistics were recomputed on (0: stored ones)."""
 
     def calibrated(self, modality: str) -> nn.Module:
-        """The encoder of ``modality`` on the device, BatchNorm recalibrated (once, then cached)."""
+        """The encoder of ``modality`` on the device, in eval mode, with the statistics
+        ``bn_statistics`` asks for (recomputed once, then cached)."""
         if modality not in self._calibrated:
             encoder = self.source.encoders[modality].to(self.device)
             rows = self.clips.usable_rows(self.calibration_rows, modality)
             # a fixed stream: every encoder evaluated gets the same clips
-            keys = calibration_keys(rows, self.bn_clips, seeds.rng(0, "eval_calibration"))
+            wanted = self.bn_clips if self.recalibrate else 0
+            keys = calibration_keys(rows, wanted, seeds.rng(0, "eval_calibration"))
             if keys:
                 counter = _Counter()
                 inputs = counter.count(self._valid_inputs(modality, keys))
@@ -200,6 +226,20 @@ class FeatureExtractor:
                 self.calibration_counts[modality] = 0
             self._calibrated[modality] = encoder.eval()
         return self._calibrated[modality]
+
+    def statistics(self) -> dict[str, Any]:
+        """What the result JSON says about BatchNorm: the policy and, per modality extracted,
+        ``stored`` or ``recalibrated on N training clips`` (a random init that keeps its initial
+        statistics says so)."""
+        labels: dict[str, Any] = {"policy": self.bn_statistics}
+        for m, n in self.calibration_counts.items():
+            if n:
+                labels[m] = f"recalibrated on {n} training clips"
+            elif self.source.is_random:
+                labels[m] = "stored (random init: its initial statistics)"
+            else:
+                labels[m] = "stored (the checkpoint's)"
+        return labels
 
     def _valid_inputs(self, modality: str, keys: Sequence[ClipKey]) -> Iterator[Tensor]:
         loader = self.clips.loader(modality, keys)
@@ -235,6 +275,15 @@ class FeatureExtractor:
                 )
             out[m] = feats
         return out
+
+
+def unreadable_rows(
+    clips: EvalClips, rows: Sequence[int], feats: ClipFeatures, modality: str
+) -> list[int]:
+    """The rows of ``rows`` that ``modality`` can use but none of whose clips decoded (they are
+    absent from ``feats``): the protocols count them as wrong answers."""
+    present = set(feats.rows.tolist())
+    return [r for r in rows if r in clips.usable[modality] and r not in present]
 
 
 def _audio_of(spec: ClipSpec) -> dict[str, Any]:
@@ -280,10 +329,12 @@ def extract_splits(
     device: str | None = None,
     progress: bool = True,
     batch_size: int | None = None,
+    bn_statistics: str = "auto",
 ) -> dict[str | None, dict[str, ClipFeatures]]:
-    """``{split: {modality: ClipFeatures}}`` with one BatchNorm recalibration per encoder, on
-    ``bn_clips`` clips of ``bn_split`` (None: all rows). For callers that run several protocols on
-    the same features (e.g. ``xdc demo``)."""
+    """``{split: {modality: ClipFeatures}}``; BatchNorm statistics as ``bn_statistics`` says
+    (``auto``: stored for a trained encoder, recomputed for a random one), recomputed at most once
+    per encoder, on ``bn_clips`` clips of ``bn_split`` (None: all rows). For callers that run
+    several protocols on the same features (e.g. ``xdc demo``)."""
     rows_of = {s: split_rows(manifest, s) for s in splits}
     calibration = split_rows(manifest, bn_split, "--bn-split")
     needed = sorted({r for rows in rows_of.values() for r in rows} | set(calibration))
@@ -295,7 +346,9 @@ def extract_splits(
         needed,
         progress,
     )
-    extractor = FeatureExtractor(source, reader, calibration, bn_clips, device, progress)
+    extractor = FeatureExtractor(
+        source, reader, calibration, bn_clips, device, progress, bn_statistics
+    )
     return {s: extractor.extract(rows, modalities, clips) for s, rows in rows_of.items()}
 
 
@@ -335,6 +388,7 @@ def clip_features_to_npz(
 
 
 __all__ = [
+    "BN_STATISTICS",
     "EvalClips",
     "FeatureExtractor",
     "available_modalities",
@@ -342,4 +396,5 @@ __all__ = [
     "extract_splits",
     "require_labels",
     "split_rows",
+    "unreadable_rows",
 ]

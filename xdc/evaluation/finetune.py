@@ -2,9 +2,14 @@
 
 An encoder (pretrained, or random for the baseline) gets a fresh linear classifier over the
 manifest's classes and ALL its parameters are trained with cross-entropy on random clips (temporal
-jittering, random crop, flip). Each test video is classified by averaging the softmax of
-``test_clips`` uniformly spaced, centre-cropped clips (video-level top-1); the paper reports the
-mean over the 3 official splits (manifest columns ``split_1`` … ``split_3``).
+jittering, random crop, flip); ``--encoder-lr-scale 0`` trains the head only, with the encoder in
+eval mode (its weights and BatchNorm statistics stay exactly as loaded). Each test video is
+classified by averaging the softmax of ``test_clips`` uniformly spaced clips × ``test_crops``
+crops (1: centre; 3: both ends and the centre of the long side, as GDT tests), video-level top-1;
+the paper reports the mean over the 3 official splits (manifest columns ``split_1`` … ``split_3``).
+The test runs the model in eval mode with the BatchNorm statistics learned while finetuning, as
+the field's published code does (nothing is recomputed). A test video none of whose clips decoded
+stays in the denominator and counts as wrong (``unreadable_test_videos`` in every result).
 
 Each split has its own folder (``OUT/split_1`` …) with a checkpoint per epoch; re-running the same
 command resumes an unfinished split and skips a finished one (``result.json`` marks it). Everything
@@ -46,13 +51,15 @@ from xdc import atomic, optim, seeds
 from xdc.atomic import write_json
 from xdc.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from xdc.config import DataConfig, PretrainConfig, config_diff
-from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys, fixed_keys
+from xdc.data.datasets import ClipDataset, ClipKey, clip_loader, epoch_keys, fixed_keys
 from xdc.data.manifest import Manifest, read_manifest
+from xdc.data.transforms import crop_and_flip
 from xdc.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from xdc.evaluation.cli_shared import Subcommands, add_architecture_arguments, add_device_arguments
 from xdc.evaluation.encoders import RANDOM, load_eval_encoders, parse_overrides
 from xdc.evaluation.extract import split_rows
-from xdc.features import calibrated_copy, calibration_keys, mean_per_video, valid_inputs
+from xdc.evaluation.protocol import unreadable_line
+from xdc.features import mean_per_video
 from xdc.models.heads import ClassifierHead
 from xdc.run import resolve_device
 
@@ -84,8 +91,8 @@ class FinetuneSettings:
     encoder_lr_scale: float = _flag(
         1.0,
         "the encoder learns at lr x this: 1 trains everything alike; below 1 keeps a pretrained "
-        "encoder nearer its start while the new head catches up; 0 freezes its weights (BatchNorm "
-        "statistics still adapt)",
+        "encoder nearer its start while the new head catches up; 0 trains the head only: the "
+        "encoder stays in eval mode, weights and BatchNorm statistics unchanged",
     )
     batch_size: int = _flag(16, "clips per step")
     momentum: float = _flag(0.9, "SGD momentum")
@@ -98,10 +105,10 @@ class FinetuneSettings:
     lr_min: float = _flag(0.0, "final learning rate of the cosine schedule")
     grad_clip: float = _flag(10.0, "clip the global gradient norm to this (0 = off)")
     test_clips: int = _flag(10, "uniformly spaced clips per test video whose softmax is averaged")
-    eval_every: int = _flag(0, "also test every N epochs (0 = only at the end)")
-    bn_recalibration_clips: int = _flag(
-        512, "training clips on which BatchNorm statistics are recomputed before testing (0 = off)"
+    test_crops: int = _flag(
+        1, "crops per test clip: 1 (centre) or 3 (both ends and centre of the long side, as GDT)"
     )
+    eval_every: int = _flag(0, "also test every N epochs (0 = only at the end)")
     train_split: str = _flag("train", "value of the split column that marks training videos")
     test_split: str = _flag("test", "value of the split column that marks test videos")
     seed: int = _flag(
@@ -137,7 +144,12 @@ class FinetuneSettings:
             (self.grad_clip >= 0, "--grad-clip", "must be >= 0 (0 = off)"),
             (self.test_clips >= 1, "--test-clips", "must be >= 1"),
             (self.eval_every >= 0, "--eval-every", "must be >= 0 (0 = only at the end)"),
-            (self.bn_recalibration_clips >= 0, "--bn-recalibration-clips", "must be >= 0"),
+            (self.test_crops in (1, 3), "--test-crops", "must be 1 or 3"),
+            (
+                self.test_crops == 1 or self.modality == "video",
+                "--test-crops",
+                "3 crops apply to video; pass --test-crops 1 with --modality audio",
+            ),
             (self.train_split != self.test_split, "--test-split", "must differ from --train-split"),
         ]
         for ok, flag, message in checks:
@@ -276,7 +288,8 @@ def load_split(
     sub = manifest.subset(train + test)  # keeps the class numbering of the whole manifest
     modalities = (settings.modality,)
     train_set = ClipDataset(sub, clips, train=True, modalities=modalities)
-    eval_set = ClipDataset(sub, clips, train=False, modalities=modalities, replace_failed=False)
+    test_dataset = ThreeCropClips if settings.test_crops == 3 else ClipDataset
+    eval_set = test_dataset(sub, clips, train=False, modalities=modalities, replace_failed=False)
     usable = set(train_set.rows)
     train_rows = [r for r in range(len(train)) if r in usable]
     test_rows = [r for r in range(len(train), len(sub)) if r in usable]
@@ -479,19 +492,29 @@ def _finish(
         out_dir, column, split.label_names, evaluation, counts, identity, seconds
     )
     print(
-        f"{column}: test top-1 {result['top1']:.4f} (video level, {settings.test_clips} clips per video, "
-        f"{result['num_test_videos']} videos)",
+        f"{column}: test top-1 {result['top1']:.4f} (video level, {settings.test_clips} clips x "
+        f"{settings.test_crops} crops per video, {result['num_test_videos']} videos; "
+        f"{unreadable_line(result['unreadable_test_videos'], result['num_test_videos'])})",
         flush=True,
     )
     return result
 
 
+def head_only(settings: FinetuneSettings) -> bool:
+    """``--encoder-lr-scale 0``: only the head trains; the encoder stays frozen in eval mode."""
+    return settings.encoder_lr_scale == 0
+
+
 def build_optimizer(model: FinetuneModel, settings: FinetuneSettings) -> torch.optim.Optimizer:
-    """SGD with two groups: the encoder (lr × encoder_lr_scale) and the new head (lr)."""
-    groups = [
-        {"params": list(model.encoder.parameters()), "lr_scale": settings.encoder_lr_scale},
-        {"params": list(model.head.parameters()), "lr_scale": 1.0},
-    ]
+    """SGD with two groups: the encoder (lr × encoder_lr_scale) and the new head (lr); the head
+    alone when it trains alone (the frozen encoder gets no gradient and no weight decay)."""
+    groups = [{"params": list(model.head.parameters()), "lr_scale": 1.0}]
+    if not head_only(settings):
+        encoder = {
+            "params": list(model.encoder.parameters()),
+            "lr_scale": settings.encoder_lr_scale,
+        }
+        groups.insert(0, encoder)
     return optim.sgd(groups, settings)
 
 
@@ -517,6 +540,9 @@ def train_one_epoch(
         split.train_set, keys, settings.batch_size, pin_memory=device.type == "cuda"
     )
     model.train()
+    frozen = head_only(settings)
+    if frozen:  # head only: BatchNorm statistics stay those of the loaded encoder
+        model.encoder.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
     seen, lr, start = 0, settings.lr, time.perf_counter()
     bar = tqdm(loader, desc=f"{split.column} epoch {epoch + 1}", disable=not progress, leave=False)
@@ -527,7 +553,12 @@ def train_one_epoch(
         x = batch[settings.modality].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
         with optim.autocast(device, amp_dtype):
-            logits = model(x)
+            if frozen:
+                with torch.no_grad():
+                    features = model.encoder(x)
+                logits = model.head(features)
+            else:
+                logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -556,6 +587,44 @@ def train_one_epoch(
     }
 
 
+def long_side_windows(frames: np.ndarray, size: int) -> list[np.ndarray]:
+    """(T, H, W, 3) frames → three windows of the full short side and ``size`` along the long side:
+    at its start, its centre and its end. The centre crop of each is one of ``three_crops``."""
+    height, width = frames.shape[1:3]
+    if height < size or width < size:
+        raise ValueError(f"frames of {height}x{width} are smaller than the crop size {size}")
+    if width >= height:
+        return [frames[:, :, x : x + size] for x in (0, (width - size) // 2, width - size)]
+    return [frames[:, y : y + size] for y in (0, (height - size) // 2, height - size)]
+
+
+def three_crops(frames: np.ndarray, size: int) -> list[np.ndarray]:
+    """(T, H, W, 3) frames → three (T, size, size, 3) crops: at the start, the centre and the end
+    of the long side, centred on the short side (top/centre/bottom for a portrait video)."""
+    return [crop_and_flip(w, size, None, flip=False) for w in long_side_windows(frames, size)]
+
+
+class ThreeCropClips(ClipDataset):
+    """Test clips of ``three_crops`` each: a sample's video is (3 crops, 3, T, S, S) uint8.
+
+    Each crop is the dataset's own centre crop of one ``long_side_windows`` window, so the clip
+    pipeline (decoding, cache, resizing, whatever follows the crop) is the dataset's."""
+
+    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> Any:
+        crop = super()._video
+        views = [crop(w, rng) for w in long_side_windows(frames, self.config.crop_size)]
+        if isinstance(views[0], dict):
+            return {k: torch.stack([v[k] for v in views]) for k in views[0]}
+        return torch.stack(views)
+
+    def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:
+        sample = super()._invalid(row, key, failures)
+        for name in ("video", "video_raw"):
+            if name in sample:
+                sample[name] = sample[name].unsqueeze(0).repeat(3, *[1] * sample[name].dim())
+        return sample
+
+
 @torch.no_grad()
 def evaluate(
     model: FinetuneModel,
@@ -566,45 +635,48 @@ def evaluate(
     progress: bool = False,
 ) -> dict[str, Any]:
     """Video-level class probabilities of the test videos: softmax averaged over ``test_clips``
-    uniformly spaced centre-cropped clips. BatchNorm statistics are first recomputed on training
-    clips, on a copy (the trained model is left as it was), as for every evaluated encoder.
+    uniformly spaced clips × ``test_crops`` crops, with the model in eval mode (the BatchNorm
+    statistics it learned; nothing recomputed). A test video none of whose clips decoded has no
+    probabilities and counts as wrong in ``top1``.
 
-    Returns {"rows": (V,) rows of ``split.eval_set.manifest``, "probs": (V, K), "labels": (V,),
-    "top1": float, "failed": paths of test videos none of whose clips decoded}.
+    Returns {"rows": (V,) rows of ``split.eval_set.manifest`` that decoded, "probs": (V, K),
+    "labels": (V,), "top1": float over all ``split.test_rows``, "failed": paths of the test
+    videos none of whose clips decoded, "missing_labels": their classes}.
     """
-    encoder, pin = model.encoder, device.type == "cuda"
-    n_cal = min(settings.bn_recalibration_clips, len(split.train_rows))
-    if n_cal:
-        rng = seeds.rng(settings.seed, "finetune_calibration")
-        chosen = calibration_keys(split.train_rows, n_cal, rng)
-        batches = clip_loader(split.eval_set, chosen, settings.batch_size, pin_memory=pin)
-        encoder = calibrated_copy(encoder, valid_inputs(batches, settings.modality), device)
+    pin = device.type == "cuda"
     was_training = model.training
-    encoder.eval()
-    model.head.eval()
+    model.eval()
     test_keys = fixed_keys(split.test_rows, settings.test_clips)
     loader = clip_loader(split.eval_set, test_keys, settings.batch_size, pin_memory=pin)
     rows, probs = [], []
-    bad: set[str] = set()
     for batch in tqdm(loader, desc=f"{split.column} test", disable=not progress, leave=False):
         split.report_failures(batch["failures"])
         valid = batch["valid"].bool()
-        bad.update(p for p, ok in zip(batch["path"], valid.tolist(), strict=True) if not ok)
         if valid.any():
+            x = batch[settings.modality][valid]
+            crops = x.shape[1] if x.dim() == 6 else 1  # (B, crops, 3, T, S, S) with 3 crops
             with optim.autocast(device, amp_dtype):
-                logits = model.head(encoder(batch[settings.modality][valid].to(device)))
+                logits = model(x.flatten(0, 1).to(device) if crops > 1 else x.to(device))
             probs.append(logits.float().softmax(1).cpu())
-            rows.append(batch["index"][valid].numpy())
+            rows.append(np.repeat(batch["index"][valid].numpy(), crops))
     model.train(was_training)
     if not rows:
         raise DataError(
             f"{split.column}: no test clip could be decoded; re-run `xdc index` to re-probe the files"
         )
     videos, video_probs = mean_per_video(np.concatenate(rows), torch.cat(probs))
-    labels = torch.as_tensor([split.eval_set.manifest.label(int(r)) for r in videos])
-    failed = sorted(bad - {str(split.eval_set.manifest.path(int(r))) for r in videos})
-    top1 = float((video_probs.argmax(1) == labels).double().mean())
-    return {"rows": videos, "probs": video_probs, "labels": labels, "top1": top1, "failed": failed}
+    manifest = split.eval_set.manifest
+    labels = torch.as_tensor([manifest.label(int(r)) for r in videos])
+    missing = sorted(set(split.test_rows) - set(videos.tolist()))
+    correct = float((video_probs.argmax(1) == labels).sum())
+    return {
+        "rows": videos,
+        "probs": video_probs,
+        "labels": labels,
+        "top1": correct / len(split.test_rows),
+        "failed": [str(manifest.path(r)) for r in missing],
+        "missing_labels": [manifest.label(r) for r in missing],
+    }
 
 
 # --- what it writes ---------------------------------------------------------------------------
@@ -627,14 +699,18 @@ def write_split_outputs(
     ``result.json`` (last: it marks the split as finished). Returns the result dict.
 
     ``evaluation`` holds ``paths`` (V,), ``probs`` (V, K) video-level probabilities, ``labels`` (V,),
-    ``top1`` and ``failed``; ``counts`` the numbers of training and test videos.
+    ``top1``, ``failed`` (paths of unreadable test videos) and ``missing_labels`` (their classes);
+    ``counts`` the numbers of training and test videos. Unreadable test videos count as wrong in
+    top-1, top-5 and per-class accuracy; they have no column in the confusion matrix and an empty
+    prediction in ``predictions.csv``.
     """
     names = list(label_names)
     probs, labels = evaluation["probs"], evaluation["labels"]
+    missing = np.asarray(evaluation.get("missing_labels", []), dtype=np.int64)
     predicted = probs.argmax(1)
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
-    per_video = confusion.sum(1)
+    per_video = confusion.sum(1) + np.bincount(missing, minlength=len(names))
     per_class = {
         n: float(confusion[k, k] / per_video[k]) if per_video[k] else None
         for k, n in enumerate(names)
@@ -651,20 +727,29 @@ def write_split_outputs(
             evaluation["paths"], labels.tolist(), predicted.tolist(), probs.tolist(), strict=True
         ):
             writer.writerow([path, names[label], names[pred], f"{p[pred]:.6f}"])
+        for path, label in zip(evaluation["failed"], missing.tolist(), strict=True):
+            writer.writerow([path, names[label], "", ""])  # unreadable: counted as wrong
     test_videos = dict(zip(names, per_video.tolist(), strict=True))
     write_json(
         out_dir / "per_class_accuracy.json", {"accuracy": per_class, "test_videos": test_videos}
     )
+    official = len(labels) + len(missing)
     top5 = probs.topk(min(5, len(names)), dim=1).indices.eq(labels.unsqueeze(1)).any(1)
     result = {
         "split": column,
         "top1": evaluation["top1"],
-        "top5": float(top5.double().mean()),
+        "top5": float(top5.double().sum()) / official,
         "mean_class_accuracy": float(np.mean([v for v in per_class.values() if v is not None])),
-        "num_test_videos": len(labels),
+        "num_test_videos": official,
+        "unreadable_test_videos": len(missing),
         "num_train_videos": counts["train"],
         "failed_test_videos": evaluation["failed"],
         "per_class": per_class,
+        "test": {
+            "clips": identity["finetune"]["test_clips"],
+            "crops": identity["finetune"]["test_crops"],
+            "bn_statistics": "learned while finetuning (model.eval(), nothing recomputed)",
+        },
         "seconds": seconds,
         "identity": identity,
     }
@@ -685,7 +770,7 @@ def summarize_splits(
     """Write ``out/finetune.json`` (each split's scores, the mean and sample std of top-1 over
     the splits), print the table, and return the summary."""
     top1 = np.array([r["top1"] for r in results.values()])
-    keys = ("top1", "top5", "mean_class_accuracy", "num_test_videos")
+    keys = ("top1", "top5", "mean_class_accuracy", "num_test_videos", "unreadable_test_videos")
     summary = {
         "splits": {name: {k: r[k] for k in keys} for name, r in results.items()},
         "mean_top1": float(top1.mean()),
@@ -700,15 +785,22 @@ def summarize_splits(
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The printed table: one line per split, then the mean and standard deviation of top-1."""
-    lines = [f"{'split':<10} {'top-1':>7} {'top-5':>7} {'class acc':>9} {'videos':>7}"]
+    """The printed table: one line per split, then the mean and standard deviation of top-1, and
+    how many test videos could not be read (counted as wrong)."""
+    lines = [
+        f"{'split':<10} {'top-1':>7} {'top-5':>7} {'class acc':>9} {'videos':>7} {'unreadable':>10}"
+    ]
+    unreadable = official = 0
     for name, r in summary["splits"].items():
+        lost = r.get("unreadable_test_videos", 0)
+        unreadable, official = unreadable + lost, official + r["num_test_videos"]
         lines.append(
             f"{name:<10} {r['top1']:>7.4f} {r['top5']:>7.4f} {r['mean_class_accuracy']:>9.4f} "
-            f"{r['num_test_videos']:>7}"
+            f"{r['num_test_videos']:>7} {lost:>10}"
         )
     lines.append(f"{'mean':<10} {summary['mean_top1']:>7.4f} {summary['mean_top5']:>7.4f}")
     lines.append(f"{'std':<10} {summary['std_top1']:>7.4f}")
+    lines.append(unreadable_line(unreadable, official))
     return "\n".join(lines)
 
 
@@ -753,7 +845,7 @@ def restore_split_state(
         model.encoder.load_state_dict(state["encoder"])
         model.head.load_state_dict(state["head"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        optim.load_scaler_state(scaler, state["scaler"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(
             f"{path}: does not fit this model ({one_line(err)}); delete it or pass a new --out"

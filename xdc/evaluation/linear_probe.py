@@ -5,11 +5,16 @@ Protocol (the linear variant of the paper's evaluation; README, "Evaluation prot
 - The classifier is trained on **clip** features of the training videos.
 - Its inverse regularisation ``C`` is chosen by cross-validation on the training split only, over a
   small log-spaced grid. Folds are grouped by video (the clips of one video never straddle a fold)
-  and stratified by class; the score is the same video-level accuracy as the test metric, ties
-  broken by the lower video-level log-loss. With fewer than 2 training videos in some class there
-  is nothing to cross-validate: ``C = 1`` is used and the result says so (``C_selection``).
+  or, when the manifest has a ``group`` column (``GROUP_COLUMN``), by its value: the videos of one
+  group (fragments of one ESC-50 source recording, the clips of one UCF101 group) all land on the
+  same side, so near-duplicates cannot bias C. Folds are stratified by class; the score is the
+  same video-level accuracy as the test metric, ties broken by the lower video-level log-loss.
+  With fewer than 2 training groups in some class there is nothing to cross-validate: ``C = 1``
+  is used and the result says so (``C_selection``).
 - Testing is at **video level**: the class probabilities of the clips of a test video are
-  averaged, and the video is predicted from the average (``top1_clip`` reports clip level too).
+  averaged, and the video is predicted from the average (``top1_clip`` reports clip level too,
+  over the clips that decoded). A test video none of whose clips decoded counts as wrong in
+  ``top1``, ``top5`` and ``per_class``: the denominator is the official test list.
 - top-k counts a hit when the true class is among the k most probable. With k or fewer classes
   every class is among them, so top-k is 1.0 (for a class the classifier knows; a test class absent
   from training is always a miss).
@@ -29,9 +34,13 @@ from xdc import seeds
 from xdc.data.manifest import Manifest
 from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
-from xdc.evaluation.protocol import extract_train_test, protocol_record
+from xdc.evaluation.protocol import extract_train_test, protocol_record, unreadable_record
 from xdc.features import ClipFeatures, mean_per_video
 
+GROUP_COLUMN = "group"
+"""Manifest column whose value names a video's source group for the inner cross-validation (empty:
+the video is its own group). ``xdc index --splits-dir`` fills it for UCF101 (``Class_gNN``); for
+ESC-50 write the source recording id, the second field of ``1-100032-A-0.wav``."""
 C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
 """Inverse regularisation strengths tried by cross-validation (log-spaced)."""
 MAX_ITER = 2000
@@ -70,16 +79,23 @@ def video_level(
     return unique, means.numpy(), video_labels
 
 
-def topk_accuracy(
+def topk_hits(
     probabilities: np.ndarray, labels: np.ndarray, classes: np.ndarray, k: int
-) -> float:
-    """Fraction of rows whose label is among the ``k`` most probable ``classes`` (see module doc)."""
-    if len(labels) == 0:
-        return float("nan")
+) -> np.ndarray:
+    """(N,) bool: is each row's label among its ``k`` most probable ``classes`` (see module doc)."""
     k = min(k, probabilities.shape[1])
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    hits = (classes[top] == labels[:, None]).any(axis=1)
-    return float(hits.mean())
+    return np.asarray((classes[top] == labels[:, None]).any(axis=1))
+
+
+def topk_accuracy(
+    probabilities: np.ndarray, labels: np.ndarray, classes: np.ndarray, k: int, missing: int = 0
+) -> float:
+    """Fraction of rows whose label is among the ``k`` most probable ``classes``; ``missing``
+    more rows (videos that could not be read) count as wrong."""
+    if len(labels) + missing == 0:
+        return float("nan")
+    return float(topk_hits(probabilities, labels, classes, k).sum() / (len(labels) + missing))
 
 
 def log_loss_of(probabilities: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> float:
@@ -115,28 +131,46 @@ def fit_predict(
     return model.predict_proba(x_test), model.classes_, n_warn
 
 
+def inner_folds(
+    y: np.ndarray, groups: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit indices, validation indices) of at most ``folds`` folds of the training clips,
+    stratified by class ``y`` and grouped by ``groups`` (N,): all clips of a group fall on the same
+    side. Fewer folds when a class has fewer groups; none (``[]``) when a class has only one."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    pairs = np.unique(np.stack([np.unique(groups, return_inverse=True)[1], y]), axis=1)
+    groups_per_class = np.bincount(np.unique(pairs[1], return_inverse=True)[1])
+    n_splits = min(folds, int(groups_per_class.min()))
+    if n_splits < 2:
+        return []
+    folds_seed = seeds.int_seed(seed, "probe_folds", bits=32)
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=folds_seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
 def choose_c(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, c_grid: Sequence[float], folds: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    c_grid: Sequence[float],
+    folds: int,
+    seed: int,
+    cv_groups: np.ndarray | None = None,
 ) -> tuple[float, dict[str, float], str]:
-    """Cross-validate ``C`` on the training clips, grouped by video and stratified by class.
+    """Cross-validate ``C`` on the training clips, stratified by class and grouped by
+    ``cv_groups`` (N,) when given (source groups), else by video ``groups``; the score is
+    video-level accuracy.
 
     Returns (chosen C, {str(C): video-level CV accuracy}, how C was chosen).
     """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    _, first = np.unique(groups, return_index=True)
-    videos_per_class = np.bincount(np.unique(y[first], return_inverse=True)[1])
-    n_splits = min(folds, int(videos_per_class.min()))
-    if n_splits < 2 or len(c_grid) == 1:
+    by = "video" if cv_groups is None else f"the {GROUP_COLUMN!r} column"
+    splits = inner_folds(y, groups if cv_groups is None else cv_groups, folds, seed)
+    if not splits or len(c_grid) == 1:
         chosen = float(c_grid[0]) if len(c_grid) == 1 else 1.0
-        return (
-            chosen,
-            {},
-            "fixed (a class has fewer than 2 training videos)" if n_splits < 2 else "fixed",
-        )
-    folds_seed = seeds.int_seed(seed, "probe_folds", bits=32)
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=folds_seed)
-    splits = list(splitter.split(x, y, groups))
+        why = f"fixed (a class has fewer than 2 training groups by {by})"
+        return chosen, {}, why if not splits else "fixed"
+    n_splits = len(splits)
     scores: dict[str, float] = {}
     best: tuple[float, float, float] | None = None  # (-accuracy, log-loss, C)
     for c in c_grid:
@@ -155,7 +189,7 @@ def choose_c(
     return (
         best[2],
         scores,
-        f"{n_splits}-fold cross-validation on the training split, grouped by video",
+        f"{n_splits}-fold cross-validation on the training split, grouped by {by}",
     )
 
 
@@ -170,6 +204,8 @@ def linear_probe(
     c_grid: Sequence[float] = C_GRID,
     folds: int = 5,
     seed: int = 0,
+    cv_groups: np.ndarray | None = None,
+    missing_test_labels: Sequence[int] | np.ndarray = (),
 ) -> dict[str, Any]:
     """Train on clip features (N, D), evaluate at video level on test clips (M, D).
 
@@ -178,9 +214,15 @@ def linear_probe(
         train_groups, test_groups: (N,), (M,) video id of each clip (None: each clip is a video).
         c_grid: values of C to cross-validate (one value: used as is).
         folds: cross-validation folds at most.
+        cv_groups: (N,) source group of each training clip for the inner cross-validation
+            (None: the video).
+        missing_test_labels: classes of the test videos that could not be read: each counts as
+            a wrong answer in top1, top5 and per_class.
 
     Returns:
-        ``top1``, ``top5`` (video level), ``top1_clip``, ``n_train``/``n_test`` (videos),
+        ``top1``, ``top5`` (video level, unreadable videos wrong), ``top1_clip`` (decoded clips),
+        ``n_train``/``n_test`` (videos; ``n_test`` counts the unreadable ones),
+        ``unreadable_test_videos``,
         ``n_train_clips``/``n_test_clips``, ``n_classes``, ``feature_dim``, ``C``,
         ``C_selection``, ``cv_accuracy`` ({C: accuracy}), ``per_class`` ({name: top-1}),
         ``convergence_warnings``.
@@ -202,24 +244,34 @@ def linear_probe(
             f"the training split has {len(np.unique(y_train))} class; a classifier needs at least 2 "
             "labelled classes in the training split"
         )
-    c, cv_scores, how = choose_c(x_train, y_train, g_train, c_grid, folds, seed)
+    if cv_groups is not None and len(cv_groups) != len(y_train):
+        raise DataError(
+            f"cv_groups ({len(cv_groups)},) does not match {len(y_train)} training clips"
+        )
+    c, cv_scores, how = choose_c(x_train, y_train, g_train, c_grid, folds, seed, cv_groups)
     probs, classes, n_warn = fit_predict(c, x_train, y_train, x_test, seed)
     _, video_probs, video_y = video_level(probs, g_test, y_test)
+    missing = np.asarray(missing_test_labels, dtype=np.int64)
     names = (
         list(label_names)
         if label_names is not None
         else [str(k) for k in range(int(classes.max()) + 1)]
     )
-    predicted = classes[video_probs.argmax(1)]
+    correct = classes[video_probs.argmax(1)] == video_y
     per_class = {
-        names[int(k)]: float((predicted[video_y == k] == k).mean()) for k in np.unique(video_y)
+        names[int(k)]: float(
+            correct[video_y == k].sum() / ((video_y == k).sum() + (missing == k).sum())
+        )
+        for k in np.unique(np.concatenate([video_y, missing]))
     }
+    n_missing = len(missing)
     return {
-        "top1": topk_accuracy(video_probs, video_y, classes, 1),
-        "top5": topk_accuracy(video_probs, video_y, classes, 5),
+        "top1": topk_accuracy(video_probs, video_y, classes, 1, n_missing),
+        "top5": topk_accuracy(video_probs, video_y, classes, 5, n_missing),
         "top1_clip": topk_accuracy(probs, y_test, classes, 1),
         "n_train": int(len(np.unique(g_train))),
-        "n_test": int(len(video_y)),
+        "n_test": int(len(video_y)) + n_missing,
+        "unreadable_test_videos": n_missing,
         "n_train_clips": int(len(y_train)),
         "n_test_clips": int(len(y_test)),
         "n_classes": int(len(classes)),
@@ -250,18 +302,29 @@ def check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, which: str) -
         )
 
 
+def source_groups(manifest: Manifest) -> np.ndarray | None:
+    """(rows,) integer source group of every manifest row from its ``group`` column
+    (``GROUP_COLUMN``; an empty value: the row is its own group), or None without the column."""
+    if GROUP_COLUMN not in manifest.columns:
+        return None
+    values = [r.get(GROUP_COLUMN, "") or f"\0row{i}" for i, r in enumerate(manifest.rows)]
+    return np.unique(np.asarray(values, dtype=str), return_inverse=True)[1].reshape(-1)
+
+
 def probe_clip_features(
     train: ClipFeatures,
     test: ClipFeatures,
     modality: str,
     label_names: Sequence[str] | None = None,
     pool_clips: bool = False,
+    row_groups: np.ndarray | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """``linear_probe`` on extracted features, grouped by manifest row (video).
 
     ``pool_clips``: average each video's clip features first and train/test on one vector per
     video (the audio protocol); otherwise train on clips and average test probabilities.
+    ``row_groups``: ``source_groups`` of the manifest, to group the inner cross-validation by.
     """
     if pool_clips:
         train_rows, train_pooled, train_y = train.video_level()
@@ -274,6 +337,7 @@ def probe_clip_features(
             train_rows,
             test_rows,
             label_names,
+            cv_groups=None if row_groups is None else row_groups[train_rows],
             **options,
         )
     return linear_probe(
@@ -284,6 +348,7 @@ def probe_clip_features(
         train.rows,
         test.rows,
         label_names,
+        cv_groups=None if row_groups is None else row_groups[train.rows],
         **options,
     )
 
@@ -301,15 +366,17 @@ def evaluate_linear_probe(
     batch_size: int | None = None,
     c_grid: Sequence[float] = C_GRID,
     seed: int = 0,
+    bn_statistics: str = "auto",
 ) -> dict[str, Any]:
-    """The whole linear-probe protocol for one encoder: check the splits and labels, recalibrate
-    BatchNorm on training clips, extract ``clips`` clips per video, probe. Returns the result of
-    ``linear_probe`` with the settings (modality, splits, clips, encoders, time)."""
+    """The whole linear-probe protocol for one encoder: check the splits and labels, extract
+    ``clips`` clips per video (BatchNorm statistics per ``bn_statistics``), probe. Returns the
+    result of ``linear_probe`` with the settings (modality, splits, clips, BatchNorm statistics,
+    encoders, time) and the unreadable test videos (counted as wrong)."""
     if modality not in ("video", "audio"):
         raise ConfigError(f"--modality {modality!r}: choose video or audio")
     start = time.perf_counter()
     splits = (train_split, test_split)
-    train, test, calibrated = extract_train_test(
+    found = extract_train_test(
         source,
         manifest,
         (modality,),
@@ -320,13 +387,26 @@ def evaluate_linear_probe(
         progress,
         batch_size,
         min_train_classes=2,
+        bn_statistics=bn_statistics,
     )
+    missing = found.unreadable[modality]
     result = probe_clip_features(
-        train[modality], test[modality], modality, manifest.label_names, c_grid=c_grid, seed=seed
+        found.train[modality],
+        found.test[modality],
+        modality,
+        manifest.label_names,
+        row_groups=source_groups(manifest),
+        c_grid=c_grid,
+        seed=seed,
+        missing_test_labels=[manifest.label(r) for r in missing],
+    )
+    record = protocol_record(
+        source, manifest, splits, clips, found.bn_clips.get(modality, 0), start, found.bn_statistics
     )
     return {
         "protocol": "linear_probe",
         "modality": modality,
         **result,
-        **protocol_record(source, manifest, splits, clips, calibrated.get(modality, 0), start),
+        **unreadable_record(manifest, len(found.test_rows[modality]), missing),
+        **record,
     }

@@ -1,18 +1,46 @@
 """What the train/test protocols (``linear_probe``, ``retrieval``) share: the features of a
-labelled training split and test split, extracted the same way (BatchNorm recalibrated on the
-training rows), and the settings their results record.
+labelled training split and test split, extracted the same way (BatchNorm statistics as
+``--bn-statistics`` says), the test videos that could not be read, and the settings their results
+record.
+
+Denominators are the official lists: a test video none of whose clips decoded stays in the test
+set and counts as a wrong answer (retrieval: a miss). Every result says how many there were
+(``unreadable_test_videos`` of ``n_test_official``, and ``unreadable_line`` under every table).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from xdc.data.manifest import Manifest
 from xdc.evaluation.encoders import EvalEncoders
-from xdc.evaluation.extract import EvalClips, FeatureExtractor, require_labels, split_rows
+from xdc.evaluation.extract import (
+    EvalClips,
+    FeatureExtractor,
+    require_labels,
+    split_rows,
+    unreadable_rows,
+)
 from xdc.features import ClipFeatures
+
+
+@dataclass
+class TrainTest:
+    """The features of a protocol's two splits and what the result must say about them."""
+
+    train: dict[str, ClipFeatures]
+    test: dict[str, ClipFeatures]
+    test_rows: dict[str, list[int]]
+    """Per modality, the official test rows that modality can use (audio needs a track)."""
+    unreadable: dict[str, list[int]]
+    """Per modality, the test rows none of whose clips decoded (counted as wrong)."""
+    bn_clips: dict[str, int]
+    """Clips each modality's BatchNorm statistics were recomputed on (0: stored ones)."""
+    bn_statistics: dict[str, Any] = field(default_factory=dict)
+    """``FeatureExtractor.statistics()``: the policy and the statistics each modality used."""
 
 
 def extract_train_test(
@@ -26,11 +54,11 @@ def extract_train_test(
     progress: bool = True,
     batch_size: int | None = None,
     min_train_classes: int = 1,
-) -> tuple[dict[str, ClipFeatures], dict[str, ClipFeatures], dict[str, int]]:
+    bn_statistics: str = "auto",
+) -> TrainTest:
     """Features of the ``(train, test)`` splits of a protocol (flags ``--train-split`` /
     ``--test-split``): both must be labelled, the training one with ``min_train_classes`` classes;
-    BatchNorm is recalibrated on the training rows. Returns (train, test, clips each modality's
-    BatchNorm statistics were computed on)."""
+    BatchNorm statistics per ``bn_statistics``, recomputed (when they are) on the training rows."""
     train_rows = split_rows(manifest, splits[0], "--train-split")
     test_rows = split_rows(manifest, splits[1], "--test-split")
     require_labels(manifest, train_rows, splits[0], "--train-split", min_train_classes)
@@ -39,10 +67,29 @@ def extract_train_test(
     reader = EvalClips(
         manifest, source.config.data, modalities, size, train_rows + test_rows, progress
     )
-    extractor = FeatureExtractor(source, reader, train_rows, bn_clips, device, progress)
+    extractor = FeatureExtractor(
+        source, reader, train_rows, bn_clips, device, progress, bn_statistics
+    )
     train = extractor.extract(train_rows, modalities, clips)
     test = extractor.extract(test_rows, modalities, clips)
-    return train, test, dict(extractor.calibration_counts)
+    usable = {m: [r for r in test_rows if r in reader.usable[m]] for m in modalities}
+    missing = {m: unreadable_rows(reader, test_rows, test[m], m) for m in modalities}
+    counts = dict(extractor.calibration_counts)
+    return TrainTest(train, test, usable, missing, counts, extractor.statistics())
+
+
+def unreadable_record(manifest: Manifest, official: int, rows: Sequence[int]) -> dict[str, Any]:
+    """``n_test_official``, ``unreadable_test_videos`` and their paths, for a result JSON."""
+    return {
+        "n_test_official": official,
+        "unreadable_test_videos": len(rows),
+        "unreadable_test_paths": [str(manifest.rows[r]["path"]) for r in rows],
+    }
+
+
+def unreadable_line(unreadable: int, official: int) -> str:
+    """The line under every result table: how many test videos could not be read."""
+    return f"unreadable test videos: {unreadable} of {official}, counted as wrong"
 
 
 def protocol_record(
@@ -52,6 +99,7 @@ def protocol_record(
     clips: int,
     bn_clips: int | dict[str, int],
     start: float,
+    bn_statistics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The settings a train/test protocol's result ends with; ``start``: its ``perf_counter``."""
     return {
@@ -61,6 +109,7 @@ def protocol_record(
         "test_split": splits[1],
         "clips": clips,
         "bn_clips": bn_clips,
+        "bn_statistics": bn_statistics or {},
         "encoders": source.describe(),
         "seconds": round(time.perf_counter() - start, 2),
     }

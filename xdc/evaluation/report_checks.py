@@ -5,9 +5,10 @@ architecture.
 The comparison runs when the manifest has labels and a train and a val (else test) split: a linear
 probe (``probe_clip_features``) on the frozen features (``extract_splits``) of the run's encoders
 and of ``load_eval_encoders("random", like=RUN, seed=train.seed)``, on at most
-``MAX_VIDEOS`` labelled videos per split and ``CLIPS`` clip per video, BatchNorm recalibrated on
-at most one clip per training video (and no more than the run's ``cluster.bn_recalibration_clips``)
-— a quick sanity check, not the full protocol of ``xdc linear-probe``. Its result is cached in ``RUN/eval/CACHE_NAME``, keyed
+``MAX_VIDEOS`` labelled videos per split and ``CLIPS`` clip per video, the trained encoders with
+their stored BatchNorm statistics and the random ones with statistics recomputed on at most one clip
+per training video (and no more than the run's ``cluster.bn_recalibration_clips``) — the
+``--bn-statistics auto`` rule of every frozen-feature protocol; a quick sanity check, not the full protocol of ``xdc linear-probe``. Its result is cached in ``RUN/eval/CACHE_NAME``, keyed
 by the checkpoint's position and these settings, so re-writing the report is cheap.
 """
 
@@ -80,6 +81,7 @@ def random_init_check(
         "clips": CLIPS,
         "max_videos": [MAX_VIDEOS["train"], MAX_VIDEOS["test"]],
         "seed": contents.config.train.seed,
+        "bn_statistics": "auto",
     }
     cache = contents.run / "eval" / CACHE_NAME
     if cache.is_file():
@@ -177,6 +179,7 @@ def _probe(
         "clips_per_video": CLIPS,
         "n_train_videos": n_train,
         "bn_clips": bn_clips,
+        "bn_statistics": "auto: stored for the trained encoders, recomputed for random init",
         "n_test_videos": n_test,
         "chance_top1": float(counts.max() / counts.sum()),
         "top1": {m: v for m, v in top1.items() if v},

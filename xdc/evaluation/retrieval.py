@@ -3,6 +3,9 @@
 Protocol: every test video is a query; the gallery is the training split. Features are averaged
 over the clips of each video; similarity is the cosine. A query scores a hit at k when one of its k
 nearest gallery items has the query's label (recall@k, k > gallery size counts the whole gallery).
+A test video that could not be read stays a query and is a miss at every k (the denominator is the
+official test list; ``unreadable_queries`` says how many); an unreadable training video is simply
+absent from the gallery.
 
 Cross-modal (audio → video): the two encoders' feature spaces are unrelated, so both are mapped into
 a shared space fitted on the *training* split's paired (video, audio) features: canonical
@@ -32,7 +35,7 @@ from xdc.errors import DataError
 from xdc.evaluation.encoders import EvalEncoders
 from xdc.evaluation.extract import available_modalities, split_rows
 from xdc.evaluation.linear_probe import as_numpy
-from xdc.evaluation.protocol import extract_train_test, protocol_record
+from xdc.evaluation.protocol import extract_train_test, protocol_record, unreadable_record
 from xdc.features import ClipFeatures
 
 KS: tuple[int, ...] = (1, 5, 10, 20)
@@ -53,8 +56,10 @@ def recall_at_k(
     gallery: np.ndarray | Tensor,
     gallery_labels: np.ndarray,
     ks: Sequence[int] = KS,
+    missing_queries: int = 0,
 ) -> dict[str, float]:
-    """``{"R@k": fraction of queries with a same-label item among their k most similar}``.
+    """``{"R@k": fraction of queries with a same-label item among their k most similar}``;
+    ``missing_queries`` more queries (test videos that could not be read) are misses.
 
     Ties in similarity are broken by gallery order (stable sort), so results are deterministic.
     """
@@ -68,7 +73,8 @@ def recall_at_k(
     same = g_y[order] == q_y[:, None]  # (Q, G): is the j-th nearest item of the query's class
     never = np.iinfo(np.int64).max  # no item of the query's class in the gallery
     first_hit = np.where(same.any(axis=1), same.argmax(axis=1), never)
-    return {f"R@{k}": float((first_hit < k).mean()) for k in ks}
+    total = len(q) + missing_queries
+    return {f"R@{k}": float((first_hit < k).sum() / total) for k in ks}
 
 
 @dataclass
@@ -136,23 +142,30 @@ def retrieval(
     ks: Sequence[int] = KS,
     cca_dim: int = CCA_DIM,
     cca_ridge: float = CCA_RIDGE,
+    queries: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Recall@k of video→video and audio→audio (each modality alone, all its videos) and of
     audio→video and video→audio through a CCA fitted on the training pairs.
 
     ``train``/``test``: ``{"video": ClipFeatures, "audio": ClipFeatures}`` (either may be absent:
-    the cross-modal results need both).
+    the cross-modal results need both). ``queries``: per modality, the official query rows (test
+    rows with that modality); those absent from ``test`` (unreadable) are misses. None: the rows
+    present in ``test``.
     """
     result: dict[str, Any] = {"ks": list(ks)}
+    official = {m: set(queries[m]) if queries else set(f.rows.tolist()) for m, f in test.items()}
     for m in ("video", "audio"):
         if m in train and m in test:
             _, g, g_y = train[m].video_level()
-            _, q, q_y = test[m].video_level()
-            result[f"{m}_to_{m}"] = recall_at_k(q[m], q_y, g[m], g_y, ks)
-            result[f"n_{m}_queries"], result[f"n_{m}_gallery"] = len(q_y), len(g_y)
+            rows, q, q_y = test[m].video_level()
+            lost = len(official[m] - set(rows.tolist()))
+            result[f"{m}_to_{m}"] = recall_at_k(q[m], q_y, g[m], g_y, ks, lost)
+            result[f"n_{m}_queries"], result[f"n_{m}_gallery"] = len(q_y) + lost, len(g_y)
+            result[f"unreadable_{m}_queries"] = lost
     if all(m in train and m in test for m in ("video", "audio")):
         _, train_pairs, train_y = paired(train)
-        _, test_pairs, test_y = paired(test)
+        test_common, test_pairs, test_y = paired(test)
+        lost = len((official["video"] & official["audio"]) - set(test_common.tolist()))
         cca = fit_cca(train_pairs["video"], train_pairs["audio"], cca_dim, cca_ridge)
         gallery_v, gallery_a = (
             cca.transform_x(train_pairs["video"]),
@@ -162,9 +175,10 @@ def retrieval(
             cca.transform_x(test_pairs["video"]),
             cca.transform_y(test_pairs["audio"]),
         )
-        result["audio_to_video"] = recall_at_k(query_a, test_y, gallery_v, train_y, ks)
-        result["video_to_audio"] = recall_at_k(query_v, test_y, gallery_a, train_y, ks)
-        result["n_pairs_train"], result["n_pairs_test"] = len(train_y), len(test_y)
+        result["audio_to_video"] = recall_at_k(query_a, test_y, gallery_v, train_y, ks, lost)
+        result["video_to_audio"] = recall_at_k(query_v, test_y, gallery_a, train_y, ks, lost)
+        result["n_pairs_train"], result["n_pairs_test"] = len(train_y), len(test_y) + lost
+        result["unreadable_pair_queries"] = lost
         result["cca_dim"] = int(len(cca.correlations))
         result["cca_ridge"] = cca_ridge
         result["cca_correlations"] = [round(float(c), 4) for c in cca.correlations[:8]]
@@ -184,9 +198,10 @@ def evaluate_retrieval(
     ks: Sequence[int] = KS,
     cca_dim: int = CCA_DIM,
     cca_ridge: float = CCA_RIDGE,
+    bn_statistics: str = "auto",
 ) -> dict[str, Any]:
     """The whole retrieval protocol for one pair of encoders (the modalities the manifest has;
-    see module doc)."""
+    see module doc); BatchNorm statistics per ``bn_statistics``."""
     start = time.perf_counter()
     splits = (train_split, test_split)
     rows = split_rows(manifest, train_split, "--train-split")
@@ -199,11 +214,25 @@ def evaluate_retrieval(
             f"retrieval skipped, {modalities[0]}→{modalities[0]} only",
             file=sys.stderr,
         )
-    train, test, calibrated = extract_train_test(
-        source, manifest, modalities, splits, clips, bn_clips, device, progress, batch_size
+    found = extract_train_test(
+        source,
+        manifest,
+        modalities,
+        splits,
+        clips,
+        bn_clips,
+        device,
+        progress,
+        batch_size,
+        bn_statistics=bn_statistics,
     )
+    official = sorted({r for rows in found.test_rows.values() for r in rows})
+    lost = sorted({r for rows in found.unreadable.values() for r in rows})
     return {
         "protocol": "retrieval",
-        **retrieval(train, test, ks, cca_dim, cca_ridge),
-        **protocol_record(source, manifest, splits, clips, calibrated, start),
+        **retrieval(found.train, found.test, ks, cca_dim, cca_ridge, found.test_rows),
+        **unreadable_record(manifest, len(official), lost),
+        **protocol_record(
+            source, manifest, splits, clips, found.bn_clips, start, found.bn_statistics
+        ),
     }
