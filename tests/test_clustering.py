@@ -1,9 +1,11 @@
-"""k-means, feature preprocessing and cluster statistics (single process; see test_distributed)."""
+"""k-means, feature preprocessing and cluster statistics, in RAM and streamed from memmaps
+(single process; see test_distributed and test_feature_store)."""
 
 from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from xdc.clustering import FeaturePreprocessor, cluster_statistics, kmeans
+from xdc import clustering, preprocess
+from xdc.clustering import FeaturePreprocessor, FeatureRows, cluster_statistics, kmeans
 from xdc.errors import ConfigError, DataError
 
 
@@ -283,3 +286,68 @@ def test_kmeans_plusplus_seeding_avoids_the_local_optima_of_random_seeding() -> 
     assert min(rand) < 0.99, "the data should trap random seeding for some seed"
     with pytest.raises(ConfigError, match="init"):
         kmeans(x, 8, init="farthest")
+
+
+def write_memmap(path: Path, values: np.ndarray) -> np.memmap:
+    """``values`` written to a file at ``path`` and opened back as a read-only memmap."""
+    values.tofile(path)
+    return np.memmap(path, dtype=values.dtype, mode="r", shape=values.shape)
+
+
+def test_kmeans_of_a_float16_memmap_equals_the_tensor_of_the_same_values(tmp_path: Path) -> None:
+    x, _ = make_blobs(n_per_blob=300, n_blobs=8, dim=16, spread=3.0, seed=21)
+    stored = write_memmap(tmp_path / "x.f16", x.numpy().astype(np.float16))
+    on_disk = kmeans(stored, k=8, seed=1)  # 2400 points <= 8 * 256: every point, every iteration
+    in_ram = kmeans(torch.from_numpy(np.array(stored)), k=8, seed=1)
+    assert torch.equal(on_disk.centroids, in_ram.centroids)
+    assert torch.equal(on_disk.assignments, in_ram.assignments)
+    assert on_disk.inertia == in_ram.inertia
+
+
+def test_more_points_than_k_times_points_per_centroid_fit_on_a_sample_and_assign_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, labels = make_blobs(n_per_blob=2500, n_blobs=8, dim=16, spread=20.0, seed=22)
+    x16 = x.half()
+    stored = write_memmap(tmp_path / "x.f16", x16.numpy())
+    monkeypatch.setattr(clustering, "STREAM_ROWS", 100)  # 3200 rows a chunk at D=16: 7 chunks
+    with caplog.at_level(logging.INFO, logger="xdc.clustering"):
+        sampled = kmeans(stored, k=8, seed=2, points_per_centroid=50)
+    assert any("sample of 400 of 20000" in r.getMessage() for r in caplog.records)
+    # Every row is assigned to its nearest centroid, and the inertia is over every row.
+    exact = x16.float()
+    assert sampled.assignments.shape == (20000,)
+    assert torch.equal(sampled.assignments, nearest_centroids(exact, sampled.centroids))
+    inertia = (exact.double() - sampled.centroids.double()[sampled.assignments]).pow(2).sum()
+    # ||x||^2 + (||c||^2 - 2 x.c) in float32 cancels ~400x here (blobs far from the origin).
+    assert sampled.inertia == pytest.approx(inertia.item(), rel=1e-4)
+    assert adjusted_rand_score(labels.numpy(), sampled.assignments.numpy()) == 1.0
+    # The tensor takes the same path; fitting on every point gives other centroids, same labels.
+    as_tensor = kmeans(x16, k=8, seed=2, points_per_centroid=50)
+    assert torch.equal(as_tensor.centroids, sampled.centroids)
+    assert torch.equal(as_tensor.assignments, sampled.assignments)
+    everything = kmeans(stored, k=8, seed=2, points_per_centroid=None)
+    assert not torch.equal(everything.centroids, sampled.centroids)
+    assert adjusted_rand_score(everything.assignments, sampled.assignments) == 1.0
+    with pytest.raises(ConfigError, match="points_per_centroid"):
+        kmeans(stored, k=8, points_per_centroid=0)
+    with pytest.raises(ConfigError, match=r"\(N, D\)"):
+        kmeans(np.zeros(10, dtype=np.float16), k=2)
+
+
+def test_streamed_pca_of_a_memmap_matches_the_in_memory_pca(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(preprocess, "STREAM_ROWS", 2 * preprocess.GRAM_BLOCK_ROWS)
+    features = correlated_features(40000, 32, seed=23)  # 3 chunks, the last one partial
+    stored = write_memmap(tmp_path / "x.f32", features.numpy())
+    in_ram = FeaturePreprocessor(pca_dim=8).fit(features)
+    streamed = FeaturePreprocessor(pca_dim=8).fit(stored)
+    assert in_ram.mean is not None and streamed.mean is not None
+    assert in_ram.projection is not None and streamed.projection is not None
+    torch.testing.assert_close(streamed.mean, in_ram.mean, atol=1e-6, rtol=0)
+    torch.testing.assert_close(streamed.projection, in_ram.projection, atol=1e-5, rtol=1e-5)
+    rows = FeatureRows(stored).map(streamed.transform)
+    assert rows.shape == (40000, 8)
+    out = torch.cat([block for _, _, block in rows.chunks()])
+    torch.testing.assert_close(out, in_ram.transform(features), atol=1e-5, rtol=0)

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -34,9 +35,9 @@ from xdc import distributed as xdist
 from xdc import seeds
 from xdc.cluster_metrics import cluster_statistics
 from xdc.errors import ConfigError, DataError
-from xdc.preprocess import FeaturePreprocessor
+from xdc.preprocess import STREAM_ROWS, FeaturePreprocessor, FeatureRows
 
-__all__ = ["FeaturePreprocessor", "KMeansResult", "cluster_statistics", "kmeans"]
+__all__ = ["FeaturePreprocessor", "FeatureRows", "KMeansResult", "cluster_statistics", "kmeans"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ CPU_SCORE_BYTES = 2 << 20
 GPU_SCORE_BYTES = 256 << 20
 MIN_ROWS_PER_THREAD = 1024  # fewer rows than this per thread are not worth a thread
 CONV_BATCH = 16  # see _score_function
+POINTS_PER_CENTROID = 256  # fitting sample per cluster when there are more points (faiss's default)
 PLUSPLUS_SAMPLE_PER_CLUSTER = (
     20  # k-means++ seeding looks at 20·K points (at least 2048; all when fewer)
 )
@@ -77,41 +79,85 @@ class KMeansResult:
 
 
 def kmeans(
-    x: Tensor,
+    x: Tensor | np.ndarray | FeatureRows,
     k: int,
     n_iter: int = 20,
     seed: int = 0,
     init: Tensor | str = "k-means++",
     chunk_size: int | None = None,
     verbose: bool = False,
+    *,
+    points_per_centroid: int | None = POINTS_PER_CENTROID,
+    device: torch.device | str | None = None,
 ) -> KMeansResult:
     """Lloyd's k-means with a fixed number of iterations, on ``x``'s device, across ranks.
 
-    On CPU it uses ``torch.get_num_threads()`` threads and sets torch's thread count to 1 while it
-    runs (restored on return), so do not run other torch work in parallel threads meanwhile.
-    Results are deterministic for a given seed and thread count.
+    When there are more than ``k * points_per_centroid`` points (over all ranks), the centroids are
+    fitted on a seeded sample of that many points, chosen by global index (each rank contributes
+    the sampled rows it holds), and then every row is assigned in streamed chunks; otherwise every
+    point takes part in every iteration. On CPU it uses ``torch.get_num_threads()`` threads and
+    sets torch's thread count to 1 while it runs (restored on return), so do not run other torch
+    work in parallel threads meanwhile. Results are deterministic for a given seed and thread
+    count, and the same in one process as over ranks holding consecutive shards of the rows.
 
     Args:
-        x: ``(N_local, D)`` points of this rank (any float dtype; computed in float32).
+        x: ``(N_local, D)`` points of this rank: a tensor, a numpy array or ``np.memmap`` (any real
+            dtype, e.g. float16 on disk; read a chunk at a time) or a :class:`FeatureRows`;
+            computed in float32.
         k: number of clusters; at most the total number of points over all ranks.
         n_iter: Lloyd iterations (assign + update), always all of them: no early stop.
-        seed: picks the initial points and the empty-cluster split directions.
+        seed: picks the sample, the initial points and the empty-cluster split directions.
         init: ``(K, D)`` initial centroids (rank 0's are used), ``"random"`` (K distinct random
             points) or ``"k-means++"`` (D² sampling on a seeded sample of at most
             ``20·K`` points gathered from all ranks: far fewer bad local optima).
         chunk_size: rows per distance block (default: a (rows, K) block of about 2 MiB on CPU).
         verbose: log the inertia of every iteration at INFO level.
+        points_per_centroid: sample size per cluster for fitting (faiss's default, 256); ``None``
+            fits on every point.
+        device: where to compute (default: the tensor's device; CPU for arrays).
 
     Returns:
-        A :class:`KMeansResult` whose assignments, centroids and inertia come from one final
-        assignment pass after the last update, so they are consistent with each other.
+        A :class:`KMeansResult` whose assignments (of every row), centroids and inertia (over every
+        row) come from one final assignment pass after the last update, so they are consistent.
     """
-    x = _as_float32_points(x)
-    n_local, dim = x.shape
+    if isinstance(x, Tensor):
+        _check_tensor(x)
+        x = x if device is None else x.to(device)
+    rows = x if isinstance(x, FeatureRows) else FeatureRows(x, device)
+    n_local, dim = rows.shape
+    counts_per_rank = xdist.all_gather_varlen(torch.tensor([n_local], device=rows.device))
+    n_total = int(counts_per_rank.sum().item())
+    _check_arguments(k, n_iter, n_total, dim, init, chunk_size, points_per_centroid)
+    offset = int(counts_per_rank[: xdist.rank()].sum().item())
+    sample_size = n_total if points_per_centroid is None else k * points_per_centroid
+    if n_total <= sample_size:
+        points = _as_float32_points(x) if isinstance(x, Tensor) else rows.read(0, n_local)
+        return _lloyd(points, k, n_iter, seed, init, chunk_size, verbose)
+    chosen = np.sort(seeds.rng(seed, "kmeans_sample").choice(n_total, sample_size, replace=False))
+    local = chosen[(chosen >= offset) & (chosen < offset + n_local)] - offset
+    log.info(
+        "k-means: fitting K=%d on a sample of %d of %d points (%d per centroid), then assigning all",
+        k, sample_size, n_total, points_per_centroid,
+    )  # fmt: skip
+    fit = _lloyd(rows.take(local), k, n_iter, seed, init, chunk_size, verbose)
+    assignments, inertia = _assign_streamed(rows, fit.centroids, chunk_size)
+    return KMeansResult(fit.centroids, assignments, inertia, n_iter, fit.n_empty_repaired)
+
+
+def _lloyd(
+    x: Tensor,
+    k: int,
+    n_iter: int,
+    seed: int,
+    init: Tensor | str,
+    chunk_size: int | None,
+    verbose: bool,
+) -> KMeansResult:
+    """:func:`kmeans` on float32 points ``x`` held in memory (this rank's shard)."""
+    n_local = x.shape[0]
     counts_per_rank = xdist.all_gather_varlen(torch.tensor([n_local], device=x.device))
     n_total = int(counts_per_rank.sum().item())
-    _check_arguments(k, n_iter, n_total, dim, init, chunk_size)
-    chunk = chunk_size or _default_chunk_size(x, k)
+    chunk = chunk_size or _default_chunk_size(x.device, k)
     with _row_workers(x) as map_rows:
         sq_norm_sum = _squared_norm_sum(x, chunk, map_rows)  # also rejects NaN/Inf features
         offset = int(counts_per_rank[: xdist.rank()].sum().item())
@@ -125,7 +171,7 @@ def kmeans(
             xdist.broadcast_tensor(centroids)
             if not bool(torch.isfinite(centroids).all()):
                 raise ConfigError("init (initial centroids) contains NaN or Inf values")
-        data_rms = math.sqrt(sq_norm_sum / (n_total * dim))
+        data_rms = math.sqrt(sq_norm_sum / (n_total * x.shape[1]))
         split_generator = seeds.torch_generator(seed, "kmeans_split")
         assignments = torch.empty(n_local, dtype=torch.int64, device=x.device)
         n_repaired = 0
@@ -140,6 +186,28 @@ def kmeans(
     # Rounding can make the sum a hair negative when every point sits on its centroid.
     inertia = max(0.0, sq_norm_sum + score_sum)
     return KMeansResult(centroids, assignments, inertia, n_iter, n_repaired)
+
+
+def _assign_streamed(
+    rows: FeatureRows, centroids: Tensor, chunk_size: int | None
+) -> tuple[Tensor, float]:
+    """Nearest centroid of every row of ``rows`` (read a chunk at a time) and the inertia of all
+    rows of all ranks."""
+    k = centroids.shape[0]
+    chunk = chunk_size or _default_chunk_size(rows.device, k)
+    scores_of = _score_function(centroids)
+    assignments = torch.empty(rows.shape[0], dtype=torch.int64, device=rows.device)
+    totals = torch.zeros(2, dtype=torch.float64, device=rows.device)  # sum ||x||^2, sum of scores
+    for start, stop, block in rows.chunks(_stream_rows(rows.device, rows.shape[1])):
+        with _row_workers(block) as map_rows:
+            totals[0] += _local_squared_norms(block, chunk, map_rows)[0]
+            parts = map_rows(_assigner(block, scores_of, chunk, assignments[start:stop], k))
+            totals[1] += torch.stack([score for score, _, _ in parts]).sum()
+    sq_norm_sum, score_sum = xdist.all_reduce_sum(totals).tolist()
+    if not math.isfinite(sq_norm_sum):
+        raise DataError("kmeans input: the features contain NaN or Inf values (or overflow)")
+    # The best scores are -(||x - c||^2 - ||x||^2) / 2.
+    return assignments, max(0.0, sq_norm_sum - 2.0 * score_sum)
 
 
 @contextmanager
@@ -173,6 +241,14 @@ def _row_workers(x: Tensor) -> Iterator[RowMap]:
 
 def _squared_norm_sum(x: Tensor, chunk: int, map_rows: RowMap) -> float:
     """Sum over all ranks of ``||x||^2`` (float64 accumulation); rejects NaN/Inf features."""
+    value = float(xdist.all_reduce_sum(_local_squared_norms(x, chunk, map_rows)).item())
+    if not math.isfinite(value):
+        raise DataError("kmeans input: the features contain NaN or Inf values (or overflow)")
+    return value
+
+
+def _local_squared_norms(x: Tensor, chunk: int, map_rows: RowMap) -> Tensor:
+    """``(1,)`` float64: the sum of ``||x||^2`` over this rank's rows of ``x``."""
 
     def rows_sum(start: int, stop: int) -> Tensor:
         total = torch.zeros(1, dtype=torch.float64, device=x.device)
@@ -181,24 +257,29 @@ def _squared_norm_sum(x: Tensor, chunk: int, map_rows: RowMap) -> float:
             total += row_norms.to(torch.float64).square().sum()
         return total
 
-    value = float(xdist.all_reduce_sum(torch.stack(map_rows(rows_sum)).sum(0)).item())
-    if not math.isfinite(value):
-        raise DataError("kmeans input: the features contain NaN or Inf values (or overflow)")
-    return value
+    return torch.stack(map_rows(rows_sum)).sum(0)
+
+
+def _check_tensor(x: Tensor) -> None:
+    if x.dim() != 2:
+        raise ConfigError(f"kmeans expects x as a (N, D) tensor of features, got {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.uint8)):
+        raise ConfigError(f"kmeans expects real-valued features, got dtype {x.dtype}")
 
 
 def _as_float32_points(x: Tensor) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() != 2:
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ConfigError(f"kmeans expects x as a (N, D) tensor of features, got {shape}")
-    if not (x.is_floating_point() or x.dtype in (torch.int32, torch.int64, torch.uint8)):
-        raise ConfigError(f"kmeans expects real-valued features, got dtype {x.dtype}")
     # Detached: clustering is not differentiated, and worker threads do not share the grad mode.
     return x.detach().to(torch.float32).contiguous()
 
 
 def _check_arguments(
-    k: int, n_iter: int, n_total: int, dim: int, init: Tensor | str, chunk_size: int | None
+    k: int,
+    n_iter: int,
+    n_total: int,
+    dim: int,
+    init: Tensor | str,
+    chunk_size: int | None,
+    points_per_centroid: int | None,
 ) -> None:
     if n_total == 0:
         raise DataError("kmeans input: there are no points to cluster (N=0 on every rank)")
@@ -222,11 +303,22 @@ def _check_arguments(
         )
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"chunk_size must be >= 1 (or None for the default), got {chunk_size}")
+    if points_per_centroid is not None and points_per_centroid < 1:
+        raise ConfigError(
+            f"points_per_centroid must be >= 1 (or None to fit on every point), "
+            f"got {points_per_centroid}"
+        )
 
 
-def _default_chunk_size(x: Tensor, k: int) -> int:
-    budget = CPU_SCORE_BYTES if x.device.type == "cpu" else GPU_SCORE_BYTES
+def _default_chunk_size(device: torch.device, k: int) -> int:
+    budget = CPU_SCORE_BYTES if device.type == "cpu" else GPU_SCORE_BYTES
     return max(1024, budget // (4 * k))
+
+
+def _stream_rows(device: torch.device, dim: int) -> int:
+    """Rows per streamed chunk: ``STREAM_ROWS`` at D = 512 on CPU, proportionally more on a GPU."""
+    rows = STREAM_ROWS * 512 // max(dim, 1)
+    return max(CONV_BATCH, rows if device.type == "cpu" else 4 * rows)
 
 
 def _random_points(x: Tensor, k: int, seed: int, n_total: int, offset: int) -> Tensor:
@@ -332,8 +424,25 @@ def _lloyd_pass(
         The sum over all ranks of ``||x - c||^2 - ||x||^2``; with ``update``, the per-cluster sums
         of the points ``(K, D)`` and the cluster sizes ``(K,)``, summed over all ranks.
     """
-    scores_of = _score_function(centroids)
-    k, dim = centroids.shape
+    k = centroids.shape[0]
+    parts = map_rows(_assigner(x, _score_function(centroids), chunk, assignments, k, update))
+    score_sum, sums, counts = (
+        torch.stack(list(column)).sum(0) for column in zip(*parts, strict=True)
+    )
+    if update:
+        xdist.all_reduce_sum(sums)
+        xdist.all_reduce_sum(counts)
+    # The best scores are -(||x - c||^2 - ||x||^2) / 2.
+    return -2.0 * float(xdist.all_reduce_sum(score_sum).item()), sums, counts
+
+
+def _assigner(
+    x: Tensor, scores_of: ScoreFn, chunk: int, assignments: Tensor, k: int, update: bool = False
+) -> Callable[[int, int], tuple[Tensor, Tensor, Tensor]]:
+    """``fn(start, stop)`` that writes the nearest centroid of rows ``[start, stop)`` of ``x`` into
+    ``assignments`` and returns (their best-score sum, per-cluster sums of the rows if ``update``,
+    cluster sizes if ``update``), all local to this rank."""
+    dim = x.shape[1]
 
     def rows_pass(start: int, stop: int) -> tuple[Tensor, Tensor, Tensor]:
         rows, out = x[start:stop], assignments[start:stop]
@@ -350,15 +459,7 @@ def _lloyd_pass(
         counts = torch.bincount(out, minlength=k) if update else out.new_empty(0)
         return score_sum, sums, counts
 
-    parts = map_rows(rows_pass)
-    score_sum, sums, counts = (
-        torch.stack(list(column)).sum(0) for column in zip(*parts, strict=True)
-    )
-    if update:
-        xdist.all_reduce_sum(sums)
-        xdist.all_reduce_sum(counts)
-    # The best scores are -(||x - c||^2 - ||x||^2) / 2.
-    return -2.0 * float(xdist.all_reduce_sum(score_sum).item()), sums, counts
+    return rows_pass
 
 
 def _new_centroids(sums: Tensor, counts: Tensor, centroids: Tensor) -> Tensor:

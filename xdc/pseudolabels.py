@@ -4,6 +4,7 @@ cluster-balanced sampling weights (DeepCluster: sample uniformly over non-empty 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from xdc import distributed as dist
 from xdc import seeds
-from xdc.clustering import FeaturePreprocessor, cluster_statistics, kmeans
+from xdc.clustering import FeaturePreprocessor, FeatureRows, cluster_statistics, kmeans
 from xdc.config import ClusterConfig, cluster_k
 from xdc.diagnostics import feature_rank_of
 from xdc.methods import LABELS, Method
@@ -31,7 +32,7 @@ class PseudoLabels:
 
 def make_pseudo_labels(
     method: Method,
-    features: dict[str, Tensor],
+    features: Mapping[str, Tensor | np.ndarray],
     rows: np.ndarray,
     n_rows: int,
     config: ClusterConfig,
@@ -39,6 +40,7 @@ def make_pseudo_labels(
     iteration: int = 0,
     previous: dict[str, Tensor] | None = None,
     true_labels: np.ndarray | None = None,
+    device: torch.device | str | None = None,
 ) -> PseudoLabels:
     """Cluster this process's ``features`` (rows ``rows`` of the manifest) as the method says.
 
@@ -46,6 +48,9 @@ def make_pseudo_labels(
     across processes, and the returned labels cover every row on every process.
     ``true_labels`` (all rows) feed the monitoring statistics and the ``supervised`` method.
     The k-means of clustering ``c`` uses stream ``(seed, "kmeans", iteration, c)``.
+    Features given as numpy arrays (the float16 memmaps of ``xdc.features.extract_to_store``) are
+    streamed a chunk at a time through normalisation, PCA and k-means; tensors are used in RAM.
+    ``device``: where the clustering computes (default: the tensors' device; CPU for arrays).
     """
     out = PseudoLabels(labels={})
     for c_index, clustering in enumerate(method.clusterings):
@@ -53,9 +58,7 @@ def make_pseudo_labels(
             assert true_labels is not None
             out.labels[LABELS] = torch.as_tensor(true_labels, dtype=torch.int64)
             continue
-        x = torch.cat(
-            [F.normalize(features[m].float(), dim=1) for m in clustering.modalities], dim=1
-        )
+        x = _clustering_input([features[m] for m in clustering.modalities], device)
         pre = FeaturePreprocessor(
             pca_dim=config.pca_dim or None,
             whiten=config.whiten,
@@ -63,7 +66,7 @@ def make_pseudo_labels(
         )
         features_in = x
         if config.pca_dim or config.l2_normalize:
-            x = pre.fit_transform(x)
+            x = pre.fit_transform(x) if isinstance(x, Tensor) else x.map(pre.fit(x).transform)
         if pre.spectrum is None:  # no PCA: the spectrum of the features, for the diagnostics only
             pre = FeaturePreprocessor(features_in.shape[1], whiten=False, l2_normalize=False)
             pre.fit(features_in)
@@ -100,6 +103,16 @@ def make_pseudo_labels(
         stats.update(extra)
         out.stats[clustering.name] = stats
     return out
+
+
+def _clustering_input(
+    parts: list[Tensor | np.ndarray], device: torch.device | str | None
+) -> Tensor | FeatureRows:
+    """The rows to cluster: each modality's features L2-normalised, then concatenated."""
+    tensors = [p if device is None else p.to(device) for p in parts if isinstance(p, Tensor)]
+    if len(tensors) == len(parts):
+        return torch.cat([F.normalize(p.float(), dim=1) for p in tensors], dim=1)
+    return FeatureRows(parts, device, normalize_parts=True)
 
 
 def balanced_weights(labels: dict[str, Tensor], rows: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ PURPOSES: dict[str, tuple[int, tuple[str, ...]]] = {
     # inside k-means (its ``seed`` argument)
     "kmeans_init": (8, ()),  # initial centroids
     "kmeans_split": (9, ()),  # splitting of large clusters to fill empty ones
+    "kmeans_sample": (20, ()),  # the points fitted on when N > K·points_per_centroid
     # evaluation (--seed; a run's train.seed for its report)
     "random_init": (10, ()),  # weights of a random-init baseline encoder
     "eval_calibration": (11, ()),  # BatchNorm-calibration clips of frozen-feature protocols
