@@ -14,10 +14,12 @@ from torch.utils.data import DataLoader
 from tests.conftest import tiny_config
 from xdc import seeds
 from xdc.data.datasets import (
+    BatchTransform,
     ClipDataset,
     ClipKey,
     KeySampler,
     collate_clips,
+    device_loader,
     epoch_keys,
     worker_init,
 )
@@ -178,3 +180,86 @@ def test_ram_cache_cuts_the_same_clips_as_the_decoder(demo_manifest: Path) -> No
                 ds.logmel(torch.from_numpy(decoded.audio)),
             )
             assert (a - b).abs().mean() < 0.05 and (a - b).abs().max() < 1.0
+
+
+def _broken_copy(demo_manifest: Path, tmp_path: Path) -> tuple[Path, int]:
+    manifest_path = _copy_demo(demo_manifest, tmp_path / "data")
+    broken = read_manifest(manifest_path).path(2)
+    broken.write_bytes(broken.read_bytes()[:300])
+    return manifest_path, 2
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_transform_makes_the_clips_the_dataset_makes_one_by_one(
+    demo_manifest: Path, tmp_path: Path, train: bool
+) -> None:
+    """Augmentation, log-mel and SpecAugment done per batch (``batch_transforms=True`` and a
+    ``BatchTransform``, as the training loop does on its device) give the clips of the per-clip
+    path, whatever the batch holds: a clip's parameters come from its own key. A file that fails
+    to load gives zeros either way."""
+    manifest_path, broken = _broken_copy(demo_manifest, tmp_path)
+    options = {"data__augment": "strong_hue", "data__spec_augment": True}
+    config = tiny_config("xdc", **options).data
+    manifest = read_manifest(manifest_path)
+    one_by_one = ClipDataset(manifest, config, train=train, replace_failed=False)
+    deferred = ClipDataset(
+        manifest, config, train=train, replace_failed=False, batch_transforms=True
+    )
+    keys = epoch_keys(one_by_one.rows, 10, seeds.rng(0, "sample", 0, 0))
+    keys[3] = ClipKey(broken, seed=7, clip=-1 if train else 0)
+    if not train:
+        keys = [ClipKey(k.row, 0, clip=0) for k in keys]
+    raw = collate_clips([deferred[k] for k in keys])
+    assert "video" not in raw and "audio" not in raw, "raw samples cannot pass for finished ones"
+    assert ("video_params" in raw) == train and ("audio_params" in raw) == train
+    batched = BatchTransform(config)(raw)
+    for i, key in enumerate(keys):
+        alone = one_by_one[key]
+        assert torch.equal(batched["video"][i], alone["video"]), key
+        torch.testing.assert_close(batched["audio"][i], alone["audio"], atol=1e-5, rtol=1e-5)
+        assert batched["index"][i] == alone["index"]
+    assert (
+        not batched["valid"][3] and not batched["video"][3].any() and not batched["audio"][3].any()
+    )
+    # A clip's augmentation does not depend on the batch it is in.
+    half = BatchTransform(config)(collate_clips([deferred[k] for k in keys[5:]]))
+    assert torch.equal(half["video"], batched["video"][5:])
+    torch.testing.assert_close(half["audio"], batched["audio"][5:], atol=1e-5, rtol=1e-5)
+    if train:  # the strong augmentation and SpecAugment did change the clips
+        config = tiny_config("xdc", data__augment="none").data
+        plain = ClipDataset(manifest, config, train=True, replace_failed=False)
+        assert not torch.equal(plain[keys[0]]["video"], batched["video"][0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batch_transform_on_the_gpu_matches_the_cpu(demo_manifest: Path) -> None:
+    config = tiny_config("xdc", data__augment="strong_hue", data__spec_augment=True).data
+    ds = ClipDataset(read_manifest(demo_manifest), config, train=True, batch_transforms=True)
+    raw = collate_clips([ds[k] for k in epoch_keys(ds.rows, 8, seeds.rng(0, "sample", 0, 0))])
+    cpu, gpu = BatchTransform(config)(raw), BatchTransform(config, "cuda")(raw)
+    assert gpu["video"].device.type == "cuda"
+    assert (cpu["video"].int() - gpu["video"].cpu().int()).abs().max() <= 1  # rounding to uint8
+    torch.testing.assert_close(gpu["audio"].cpu(), cpu["audio"], atol=1e-3, rtol=1e-4)
+
+
+def test_device_loader_keeps_its_workers_across_passes(demo_manifest: Path) -> None:
+    """One loader for every epoch of an iteration: the second pass runs on the workers of the
+    first, with the new keys, and gives what a fresh loader gives."""
+    config = tiny_config("xdc", data__augment="strong").data
+    ds = ClipDataset(read_manifest(demo_manifest), config, train=True, batch_transforms=True)
+    first = epoch_keys(ds.rows, 8, seeds.rng(0, "sample", 0, 0))
+    second = epoch_keys(ds.rows, 12, seeds.rng(0, "sample", 0, 1))
+    loader = device_loader(ds, first, 4, "cpu", workers=2)
+    assert len(list(loader)) == 2
+    workers = [w.pid for w in loader.loader._iterator._workers]  # type: ignore[union-attr]
+    loader.set_keys(second)
+    again = list(loader)
+    assert [w.pid for w in loader.loader._iterator._workers] == workers  # type: ignore[union-attr]
+    assert all(w.is_alive() for w in loader.loader._iterator._workers)  # type: ignore[union-attr]
+    fresh = list(device_loader(ds, second, 4, "cpu", workers=0))
+    assert len(again) == len(fresh) == 3
+    for a, b in zip(again, fresh, strict=True):
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["video"], b["video"])
+        torch.testing.assert_close(a["audio"], b["audio"])
+    with pytest.raises(ValueError, match="batch_transforms=True"):
+        device_loader(_dataset(demo_manifest), first, 4, "cpu")

@@ -19,7 +19,7 @@ from xdc.models import (
     build_video_encoder,
     load_encoder_state,
 )
-from xdc.models.video import add_frame_differences, normalize_video
+from xdc.models.video import add_frame_differences, normalize_video, use_channels_last
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -324,3 +324,28 @@ def test_deep_frame_bottom_keeps_the_contract_and_reads_full_resolution(name: st
     assert not any(isinstance(m, nn.MaxPool2d) for m in deep.modules())
     with pytest.raises(ConfigError, match="model.video_bottom"):
         build_video_encoder(name, width=8, bottom="wide")
+
+
+def test_channels_last_r2plus1d_computes_the_same_features_in_the_3d_layout() -> None:
+    """``use_channels_last`` (on CUDA in training) changes the layout, not the numbers: the
+    same features and the same state dict; other encoders are left as they are."""
+    plain = R2Plus1D18(width=4).eval()
+    fast = R2Plus1D18(width=4).eval()
+    fast.load_state_dict(plain.state_dict())
+    assert use_channels_last(fast)
+    conv = conv3d(fast, "layer2.0.conv1.0.0")
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not conv.weight.is_contiguous()
+    clip = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(fast(clip), plain(clip), atol=1e-5, rtol=1e-4)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    assert "input_stats" not in plain.state_dict(), "constants stay out of checkpoints"
+    assert not use_channels_last(Mixed2D3D(width=4)) and not use_channels_last(FrameCNN(width=4))
+
+
+def test_encoders_keep_the_normalisation_constants_on_their_device() -> None:
+    model = Mixed2D3D(width=4).to(torch.float64)  # .to moves the buffer as it would to a GPU
+    stats = model.get_buffer("input_stats")
+    assert stats.dtype == torch.float64
+    clip = torch.randint(0, 256, (1, 3, 2, 16, 16), dtype=torch.uint8)
+    torch.testing.assert_close(normalize_video(clip, stats), normalize_video(clip).double())

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -313,3 +316,44 @@ def test_cudnn_autotunes_on_cuda_unless_deterministic() -> None:
     with deterministic_algorithms(False, cuda):
         assert torch.backends.cudnn.benchmark
     assert torch.backends.cudnn.benchmark == before
+
+
+def test_train_compile_compiles_the_training_model_only(
+    demo_manifest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train.compile=true`` hands the training model to ``torch.compile`` (stood in for here:
+    compiling takes minutes on a CPU) and trains through what it returns; checkpoints hold the
+    plain model's weights. Off by default."""
+    assert not tiny_config("xdc").train.compile
+    compiled: list[torch.nn.Module] = []
+
+    def compile_stand_in(model: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", compile_stand_in)
+    out = tmp_path / "run"
+    pretrain(tiny_config("xdc", train__compile=True), demo_manifest, out, progress=False)
+    assert len(compiled) == 1 and isinstance(compiled[0], DeepClusteringModel)
+    assert read_metrics(out, "finished")
+    assert not any(k.startswith("_orig_mod") for k in load_checkpoint(out)["encoders"]["video"])
+
+
+def test_gpu_benchmark_runs_on_a_cpu(demo_manifest: Path) -> None:
+    """benchmarks/gpu.py with its smallest settings (on a CPU it measures the tiny preset)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    args = ["--batch-size", "4", "--steps", "2", "--warmup", "1", "--workers", "1"]
+    args += ["--loader-clips", "12", "--data", str(demo_manifest)]
+    args += ["--set", "model.video_width=4", "model.audio_width=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.rsplit("  ", 1) for line in done.stdout.splitlines() if "  " in line)
+    values = {k.strip(): v.strip() for k, v in lines.items()}
+    assert (
+        float(values["training clips/s"]) > 0 and float(values["loader clips/s per CPU core"]) > 0
+    )
+    assert float(values["GFLOPs per clip (fwd+bwd)"]) > 0
+    assert values["MFU"].startswith("n/a"), "no peak is known for a CPU"

@@ -153,6 +153,11 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0 = off)."""
     amp: bool = True
     """Mixed precision on CUDA (ignored on CPU)."""
+    channels_last: bool = True
+    """On CUDA, an R(2+1)D-18 video encoder and its clips in the channels_last_3d memory format
+    (the layout of cuDNN's tensor-core 3D convolutions); ignored on CPU and for other encoders."""
+    compile: bool = False
+    """``torch.compile`` the training model (compiled at the first step; off by default)."""
     seed: int = 0
     """Seed of everything random: initialisation, clips, augmentation, k-means."""
     deterministic: bool = False

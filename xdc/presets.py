@@ -64,10 +64,17 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # 40×100 log-mel. K, the schedule and the epochs per iteration are not published [U]. The
     # learning rate is constant after the warm-up, as DeepCluster's: the pseudo-labels improve with
     # every iteration, and a decay over the whole run would leave the last, best labelling almost no
-    # learning rate (measured at CPU scale: docs/presets.md).
+    # learning rate (measured at CPU scale: docs/presets.md). 8 loader workers per GPU process:
+    # decoding, not the GPU, limits a video run (benchmarks/gpu.py measures clips/s per core).
     "paper-kinetics": {
         "model": {"video": "r2plus1d_18", "video_width": 64, "audio_width": 64},
-        "data": {"num_frames": 8, "fps": 30.0, "resize_short": 128, "crop_size": 112},
+        "data": {
+            "num_frames": 8,
+            "fps": 30.0,
+            "resize_short": 128,
+            "crop_size": 112,
+            "num_workers": 8,
+        },
         "cluster": {"k": 256, "pca_dim": 256},
         "train": {
             "iterations": 4,
@@ -83,7 +90,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # AudioSet-scale pretraining (2M clips): larger K, fewer epochs per iteration [U].
     "paper-audioset": {
         "model": {"video": "r2plus1d_18", "video_width": 64, "audio_width": 64},
-        "data": {"num_frames": 8, "fps": 30.0, "resize_short": 128, "crop_size": 112},
+        "data": {
+            "num_frames": 8,
+            "fps": 30.0,
+            "resize_short": 128,
+            "crop_size": 112,
+            "num_workers": 8,
+        },
         "cluster": {"k": 512, "pca_dim": 256},
         "train": {
             "iterations": 4,

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from xdc import atomic, optim
 from xdc import distributed as dist
 from xdc.config import PretrainConfig, cluster_k, config_diff, config_from_dict
-from xdc.data.datasets import ClipDataset, ClipKey, clip_loader
+from xdc.data.datasets import ClipDataset, ClipKey, DeviceBatches, device_loader
 from xdc.data.manifest import MANIFEST_COLUMNS, Manifest, read_manifest
 from xdc.errors import ConfigError, DataError
 from xdc.methods import LABELS, MODALITIES, Method, get_method
@@ -71,15 +70,16 @@ class RunContext:
         keys: Sequence[ClipKey],
         shard: bool = True,
         contiguous: bool = False,
-    ) -> DataLoader:
-        """A DataLoader over exactly these keys (this process's share when ``shard``; a
-        contiguous block of them when ``contiguous``, see ``KeySampler``)."""
+    ) -> DeviceBatches:
+        """Batches of exactly these keys (this process's share when ``shard``; a contiguous block
+        of them when ``contiguous``, see ``KeySampler``), finished on the run's device
+        (``device_loader``: augmentation and log-mel per batch there)."""
         rank, world = (dist.rank(), dist.world_size()) if shard else (0, 1)
-        return clip_loader(
+        return device_loader(
             dataset,
             keys,
             self.config.train.batch_size,
-            pin_memory=self.device.type == "cuda",
+            self.device,
             rank=rank,
             world_size=world,
             contiguous=contiguous,
@@ -143,9 +143,16 @@ def open_run(
     dist.init_distributed(device=dev)
     method = get_method(config.method)
     manifest = read_manifest(data).select(split)
-    train_set = ClipDataset(manifest, config.data, train=True, modalities=MODALITIES)
+    train_set = ClipDataset(
+        manifest, config.data, train=True, modalities=MODALITIES, batch_transforms=True
+    )
     eval_set = ClipDataset(
-        manifest, config.data, train=False, modalities=MODALITIES, replace_failed=False
+        manifest,
+        config.data,
+        train=False,
+        modalities=MODALITIES,
+        replace_failed=False,
+        batch_transforms=True,
     )
     n_videos = len(train_set)
     num_labels = len(manifest.label_names)
@@ -188,7 +195,12 @@ def open_run(
         ctx._recorded.update(ctx.failures)
     if config.cluster.views > 1:
         ctx.view_set = ClipDataset(
-            manifest, config.data, train=True, modalities=MODALITIES, replace_failed=False
+            manifest,
+            config.data,
+            train=True,
+            modalities=MODALITIES,
+            replace_failed=False,
+            batch_transforms=True,
         )
         ctx.view_set.cache = eval_set.cache
     if train_set.excluded_no_audio:

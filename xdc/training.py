@@ -18,20 +18,19 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from xdc import distributed as dist
 from xdc import optim, seeds
 from xdc.checkpoint import CHECKPOINT_NAME
 from xdc.config import PretrainConfig, TrainConfig
-from xdc.data.datasets import ClipKey, epoch_keys, fixed_keys
+from xdc.data.datasets import ClipKey, DeviceBatches, epoch_keys, fixed_keys
 from xdc.deep_clustering import (
     DeepClusteringModel,
     build_model,
@@ -51,6 +50,7 @@ from xdc.features import (
 )
 from xdc.loop_state import LoopState, checkpoint, restore
 from xdc.methods import MODALITIES, Method, get_method
+from xdc.models.video import use_channels_last
 from xdc.pseudolabels import PseudoLabels, balanced_weights, format_stats, make_pseudo_labels
 from xdc.run import RunContext, deterministic_algorithms, open_run
 from xdc.runlog import RunLog
@@ -80,6 +80,8 @@ def _pretrain(run: RunContext) -> LoopState:
     config = run.config
     method = get_method(config.method)
     model = build_model(config, method, run.num_labels, run.device)
+    if run.device.type == "cuda" and config.train.channels_last:
+        use_channels_last(model.encoders["video"])  # before the optimizer: the same parameters
     optimizer, scaler = (
         optim.sgd(model.parameters(), config.train),
         optim.grad_scaler(run.amp_dtype),
@@ -98,6 +100,8 @@ def _pretrain(run: RunContext) -> LoopState:
     for note in run.notes:  # another world size, a moved manifest
         log.write("note", step=state.step, message=note, world_size=dist.world_size())
     train_model = wrap_distributed(model, run.device)
+    if config.train.compile:
+        train_model = cast(nn.Module, torch.compile(train_model))  # compiled at its first step
     while state.iteration < config.train.iterations:
         if state.phase == "cluster":
             relabel(state, model, method, run, log, optimizer)
@@ -129,7 +133,8 @@ def relabel(
     seed, it = cfg.train.seed, state.iteration
     features = None
     if method.feature_modalities:
-        features = run_extraction(model, method.feature_modalities, run, it)
+        with optim.autocast(run.device, run.amp_dtype):  # as in training: bf16/fp16 on a GPU
+            features = run_extraction(model, method.feature_modalities, run, it)
     rows = features.rows if features is not None else np.asarray(run.train_set.rows)
     feats = features.features if features is not None else {}
     result: PseudoLabels = make_pseudo_labels(
@@ -253,13 +258,15 @@ def run_iteration(
     train_rows = np.asarray([r for r in run.train_set.rows if r not in val])
     run.train_set.replacement_pool = train_rows.tolist()
     weights = balanced_weights(state.labels, train_rows)
+    # One loader of each kind for the iteration, their workers kept across its epochs (the
+    # datasets do not change within an iteration); each epoch gives the training loader its keys.
+    loader = run.loader(run.train_set, [])
+    heldout = run.loader(run.eval_set, fixed_keys(state.val_rows.tolist()), contiguous=True)
     while state.phase == "train":
         rng = seeds.rng(t.seed, "sample", state.iteration, state.epoch)
-        keys = epoch_keys(train_rows, run.clips_per_epoch, rng, weights)
-        stats = train_one_epoch(
-            state, train_model, optimizer, scaler, run.loader(run.train_set, keys), run, log
-        )
-        val_stats = heldout_loss(model, state, run)
+        loader.set_keys(epoch_keys(train_rows, run.clips_per_epoch, rng, weights))
+        stats = train_one_epoch(state, train_model, optimizer, scaler, loader, run, log)
+        val_stats = heldout_loss(model, state, run, heldout)
         improved = val_stats["val_loss"] < state.best_val - 1e-4
         state.best_val = min(state.best_val, val_stats["val_loss"])
         state.bad_epochs = 0 if improved else state.bad_epochs + 1
@@ -289,7 +296,7 @@ def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    loader: DataLoader,
+    loader: DeviceBatches,
     run: RunContext,
     log: RunLog,
 ) -> dict[str, float]:
@@ -343,14 +350,15 @@ def train_step(
     scaler: torch.amp.GradScaler,
     run: RunContext,
 ) -> tuple[Tensor, Tensor, int]:
-    """Forward, summed cross-entropy of every head, backward, clip, step.
+    """Forward, summed cross-entropy of every head, backward, clip, step, on a batch of
+    ``run.loader`` (its clips on the device already).
 
     Returns the loss and the mean pseudo-label accuracy over the heads as device tensors (no host
     synchronisation) and the batch size.
     """
     heads = [(run.method.head_name(e, c), c) for e, c in run.method.heads()]
-    inputs = {m: batch[m].to(run.device, non_blocking=True) for m in MODALITIES}
-    index = batch["index"].to(run.device)
+    inputs = {m: batch[m] for m in MODALITIES}
+    index = batch["index"].to(run.device, non_blocking=True)
     with optim.autocast(run.device, run.amp_dtype):
         logits = model(inputs)
         loss = torch.stack(
@@ -409,33 +417,35 @@ class _Meter:
 
 
 @torch.no_grad()
-def heldout_loss(model: DeepClusteringModel, state: LoopState, run: RunContext) -> dict[str, float]:
+def heldout_loss(
+    model: DeepClusteringModel, state: LoopState, run: RunContext, loader: DeviceBatches
+) -> dict[str, float]:
     """Pseudo-label loss and accuracy on the held-out videos (fixed clips, eval mode).
 
-    Each process takes a contiguous block of the held-out clips (possibly none) and sums on the
-    model's device; one all-reduce per call, on every process.
+    ``loader``: ``run.loader`` over ``fixed_keys(state.val_rows)``, ``contiguous``: each process
+    takes a block of the held-out clips (possibly none) and sums on the model's device, without
+    waiting for it (a clip that failed to load is masked out there); one all-reduce per call, on
+    every process.
     """
-    rows = state.val_rows.tolist()
-    if not rows:
+    if not len(state.val_rows):
         return {"val_loss": math.nan, "val_acc": math.nan}
     model.eval()
     heads = run.method.heads()
     labels = {name: v.to(run.device) for name, v in state.labels.items()}
     # Per head: summed loss, correct predictions; last entry: number of clips.
     sums = torch.zeros(2 * len(heads) + 1, dtype=torch.float64, device=run.device)
-    for batch in run.loader(run.eval_set, fixed_keys(rows), contiguous=True):
+    for batch in loader:
         run.report_failures(batch["failures"])
-        valid = batch["valid"].bool()
-        inputs = {m: batch[m][valid].to(run.device, non_blocking=True) for m in MODALITIES}
-        index = batch["index"][valid].to(run.device)
+        valid = batch["valid"].to(run.device, non_blocking=True).bool()
+        index = batch["index"].to(run.device, non_blocking=True)
         with optim.autocast(run.device, run.amp_dtype):
-            logits = model(inputs)
+            logits = model({m: batch[m] for m in MODALITIES})
         for h, (e, c) in enumerate(heads):
-            target = labels[c][index]
+            target = labels[c][index].masked_fill(~valid, -1)  # -1: ignored, never correct
             out = logits[run.method.head_name(e, c)].float()
-            sums[2 * h] += F.cross_entropy(out, target, reduction="sum")
+            sums[2 * h] += F.cross_entropy(out, target, reduction="sum", ignore_index=-1)
             sums[2 * h + 1] += (out.argmax(1) == target).sum()
-        sums[-1] += index.shape[0]
+        sums[-1] += valid.sum()
     values = dist.all_reduce_sum(sums).tolist()
     n = max(1.0, values[-1])
     result = {

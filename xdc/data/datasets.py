@@ -11,6 +11,15 @@ The clip dict contract (README, "Data pipeline"):
     ``path``      str
 plus ``failures``: the ``"path: reason"`` of files that failed and were replaced for this sample.
 
+With ``batch_transforms=True`` a dataset leaves the per-clip float work — strong augmentation,
+log-mel, SpecAugment — to :class:`BatchTransform`, which does it for a whole batch on the model's
+device: samples then hold ``video_raw`` (uint8, cropped and flipped), ``wave`` (float (N,)
+waveform) and the parameters the clip drew (``video_params``, ``audio_params``) in place of
+``video`` and ``audio``. :func:`device_loader` yields such batches finished on the device. Either
+way the clip of a key is the same (up to float rounding): the parameters are drawn from the key's
+generator in the dataset, and both paths run the same batched functions
+(``xdc.data.transforms``), the per-clip one on a batch of one.
+
 A sampler yields ``ClipKey(row, seed, clip)`` rather than integers. The key fixes everything random
 about the clip (start time, crop, flip, augmentation), so a run is deterministic for a seed however
 many DataLoader workers load it, and an epoch can be replayed exactly after a resume.
@@ -25,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from xdc.config import DataConfig
@@ -33,11 +43,13 @@ from xdc.data.cache import ClipCache
 from xdc.data.decode import ClipSpec, clip_duration, decode_clip
 from xdc.data.manifest import Manifest
 from xdc.data.transforms import (
+    IDENTITY_AUGMENT,
+    SPEC_AUGMENT_PARAMS,
     crop_and_flip,
-    float_to_uint8_clip,
-    spec_augment,
-    strong_augment,
-    to_float_video,
+    draw_spec_augment,
+    draw_strong_augment,
+    spec_augment_batch,
+    strong_augment_clips,
     to_uint8_clip,
 )
 from xdc.errors import DataError, DecodeError
@@ -70,6 +82,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
             Without ``video``, no frame is decoded (``ClipSpec.decode_video=False``); the audio
             window of a video file is the one a full decode gives, and for an audio-only file the
             clip *is* the audio window (``num_frames=0``: the clip span is the window).
+        batch_transforms: leave augmentation and log-mel to :class:`BatchTransform` (see the
+            module docstring); for loaders made with :func:`device_loader`.
         replace_failed: when a file fails to decode, draw another row (bounded by
             ``max_failures``; the draws are a function of the key alone, see ``__getitem__``) and
             report the failure in the sample's ``failures`` — every time it is hit: the run
@@ -85,6 +99,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         modalities: Sequence[str] = ("video", "audio"),
         replace_failed: bool = True,
         max_failures: int = 10,
+        batch_transforms: bool = False,
     ) -> None:
         self.manifest = manifest
         self.config = config
@@ -94,8 +109,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self.max_failures = max_failures
         self.need_audio = "audio" in self.modalities
         self.need_video = "video" in self.modalities
+        self.batch_transforms = batch_transforms
+        self.augment_video = train and config.augment in ("strong", "strong_hue")
+        self.augment_audio = train and config.spec_augment
         self.rows = self._usable_rows()
-        self.logmel = LogMel(config.sample_rate, config.n_mels)
+        self.transform = BatchTransform(config)
+        """Finishes samples one at a time when not ``batch_transforms`` (on the CPU)."""
+        self.logmel = self.transform.logmel
         self.spec = ClipSpec(
             num_frames=config.num_frames,
             fps=config.fps,
@@ -235,26 +255,39 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "path": str(path),
             "valid": True,
         }
-        if "video" in self.modalities:
-            sample["video"] = self._video(clip.frames, rng if self.train else None)
+        if self.need_video:
+            sample.update(self._video(clip.frames, rng if self.train else None))
         if self.need_audio:
             assert clip.audio is not None
-            logmel = self.logmel(torch.from_numpy(clip.audio)).unsqueeze(0)
-            if self.train and self.config.spec_augment:
-                logmel = spec_augment(logmel, rng)
-            sample["audio"] = logmel
-        return sample
+            sample["wave"] = torch.from_numpy(clip.audio)
+            if self.augment_audio:
+                frames = self.logmel.num_frames(len(clip.audio))
+                sample["audio_params"] = draw_spec_augment(rng, self.config.n_mels, frames)
+        return self._finish(sample)
 
-    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Tensor]:
+        """The clip's frames, crop and flip, and its strong augmentation drawn (not applied)."""
         cfg = self.config
         if rng is not None and 0 < cfg.train_frames < len(frames):
             keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
             frames = frames[keep]
         frames = crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
-        if rng is not None and cfg.augment in ("strong", "strong_hue"):
-            hue = cfg.augment == "strong_hue"
-            return float_to_uint8_clip(strong_augment(to_float_video(frames), rng, hue))
-        return to_uint8_clip(frames)
+        out = {"video_raw": to_uint8_clip(frames)}
+        if rng is not None and self.augment_video:
+            out["video_params"] = draw_strong_augment(rng, hue=cfg.augment == "strong_hue")
+        return out
+
+    def _finish(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Apply the sample's transforms now (a batch of one), unless ``batch_transforms``."""
+        if self.batch_transforms:
+            return sample
+        one = {k: sample.pop(k)[None] for k in RAW_KEYS if k in sample}
+        one["valid"] = torch.tensor([sample["valid"]])
+        done = self.transform(one)
+        for name in ("video", "audio"):
+            if name in done:
+                sample[name] = done[name][0]
+        return sample
 
     def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:
         cfg = self.config
@@ -267,12 +300,57 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "valid": False,
             "failures": failures,
         }
-        if "video" in self.modalities:
+        if self.need_video:
             size = cfg.crop_size
-            sample["video"] = torch.zeros(3, cfg.num_frames, size, size, dtype=torch.uint8)
+            sample["video_raw"] = torch.zeros(3, cfg.num_frames, size, size, dtype=torch.uint8)
+            if self.augment_video:
+                sample["video_params"] = IDENTITY_AUGMENT.clone()
         if self.need_audio:
-            sample["audio"] = torch.zeros(1, cfg.n_mels, cfg.audio_frames)
-        return sample
+            sample["wave"] = torch.zeros(self.spec.audio_samples or 0)
+            if self.augment_audio:
+                sample["audio_params"] = torch.zeros(SPEC_AUGMENT_PARAMS, dtype=torch.int64)
+        return self._finish(sample)
+
+
+RAW_KEYS = ("video_raw", "video_params", "wave", "audio_params")
+"""What a ``ClipDataset(batch_transforms=True)`` sample holds in place of ``video`` and ``audio``."""
+
+
+class BatchTransform:
+    """The float work on clips — strong augmentation, log-mel, SpecAugment — for a collated batch
+    at once, on ``device``, from the parameters each clip drew from its key in the dataset.
+
+    Called on a batch of a ``ClipDataset(batch_transforms=True)``: copies its raw tensors to
+    ``device`` (``non_blocking``: from pinned memory the copy does not wait) and returns the
+    batch with ``video`` (uint8) and ``audio`` (log-mel) there, as the dataset would have made
+    them one by one; the other entries stay where they were. A sample that failed to load
+    (``valid`` False) gets zeros, as from the dataset.
+    """
+
+    def __init__(self, config: DataConfig, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.hue = config.augment == "strong_hue"
+        self.logmel = LogMel(config.sample_rate, config.n_mels).to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v for k, v in batch.items() if k not in RAW_KEYS}
+        dev = self.device
+        if "video_raw" in batch:
+            video = batch["video_raw"].to(dev, non_blocking=True)
+            if "video_params" in batch:
+                params = batch["video_params"].to(dev, non_blocking=True)
+                video = strong_augment_clips(video, params, self.hue)
+            out["video"] = video
+        if "wave" in batch:
+            audio = self.logmel(batch["wave"].to(dev, non_blocking=True)).unsqueeze(1)
+            if "audio_params" in batch:
+                audio = spec_augment_batch(audio, batch["audio_params"].to(dev, non_blocking=True))
+            if "valid" in batch:
+                valid = batch["valid"].to(dev, non_blocking=True).bool().view(-1, 1, 1, 1)
+                audio = audio.masked_fill(~valid, 0.0)
+            out["audio"] = audio
+        return out
 
 
 def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -330,19 +408,25 @@ class KeySampler(Sampler[ClipKey]):
     contiguous block without padding, the blocks' sizes differing by at most one (0 when ``n <
     world_size``): feature extraction and held-out sums use blocks, so that concatenating the
     shards in rank order gives the single-process order, which distributed k-means relies on, and
-    no clip is counted twice.
+    no clip is counted twice. ``set_keys`` replaces the keys (the next epoch of a loader that
+    is kept, with its workers, across epochs).
     """
 
     def __init__(
         self, keys: Sequence[ClipKey], rank: int = 0, world_size: int = 1, contiguous: bool = False
     ) -> None:
+        self.rank, self.world_size, self.contiguous = rank, world_size, contiguous
+        self.set_keys(keys)
+
+    def set_keys(self, keys: Sequence[ClipKey]) -> None:
+        """Yield this process's share of ``keys`` from now on."""
         keys = list(keys)
-        n = len(keys)
-        if contiguous:
-            self.keys = keys[rank * n // world_size : (rank + 1) * n // world_size]
+        n, rank, world = len(keys), self.rank, self.world_size
+        if self.contiguous:
+            self.keys = keys[rank * n // world : (rank + 1) * n // world]
         else:
-            padded = -(-n // world_size) * world_size
-            self.keys = [keys[i % n] for i in range(rank, padded, world_size)]
+            padded = -(-n // world) * world
+            self.keys = [keys[i % n] for i in range(rank, padded, world)]
 
     def __iter__(self) -> Iterator[ClipKey]:
         return iter(self.keys)
@@ -373,6 +457,9 @@ def clip_loader(
     (this process's share of them, see ``KeySampler``), ``collate_clips``, seeded workers.
 
     ``workers`` defaults to the dataset's ``data.num_workers``; ``pin_memory`` for a CUDA consumer.
+    The workers persist across passes while the loader lives (``loader.sampler.set_keys`` gives
+    it the keys of the next pass); they copy the dataset when first started, so a loader must be
+    made anew after a change to the dataset (e.g. its ``replacement_pool``).
     """
     workers = dataset.config.num_workers if workers is None else workers
     return DataLoader(
@@ -383,6 +470,50 @@ def clip_loader(
         collate_fn=collate_clips,
         worker_init_fn=worker_init,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
     )
+
+
+class DeviceBatches:
+    """Batches of a :func:`clip_loader` over a ``ClipDataset(batch_transforms=True)``, each
+    finished by a :class:`BatchTransform` on its device as it is drawn: ``video`` and ``audio``
+    on the device, the rest of the batch (``index``, ``valid``, …) on the CPU, pinned when the
+    device is a GPU. ``len`` and ``set_keys`` as the loader's."""
+
+    def __init__(self, loader: DataLoader, transform: BatchTransform) -> None:
+        self.loader, self.transform = loader, transform
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            yield self.transform(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_keys(self, keys: Sequence[ClipKey]) -> None:
+        """The keys of the next pass (the workers and their copy of the dataset are kept)."""
+        sampler = self.loader.sampler
+        assert isinstance(sampler, KeySampler)
+        sampler.set_keys(keys)
+
+
+def device_loader(
+    dataset: ClipDataset,
+    keys: Sequence[ClipKey],
+    batch_size: int,
+    device: torch.device | str,
+    **options: Any,
+) -> DeviceBatches:
+    """:func:`clip_loader` (``options`` are its keywords) whose batches are finished on ``device``
+    (:class:`DeviceBatches`); pinned memory when ``device`` is a GPU. ``dataset`` must have been
+    made with ``batch_transforms=True``."""
+    if not dataset.batch_transforms:
+        raise ValueError(
+            "device_loader needs a ClipDataset(batch_transforms=True); this one finishes its "
+            "clips itself: pass it to clip_loader"
+        )
+    device = torch.device(device)
+    options.setdefault("pin_memory", device.type == "cuda")
+    loader = clip_loader(dataset, keys, batch_size, **options)
+    return DeviceBatches(loader, BatchTransform(dataset.config, device))

@@ -28,19 +28,26 @@ VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # [V] Kinetics statistics used by the
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
 
 
-def normalize_video(video: Tensor) -> Tensor:
+def normalize_video(video: Tensor, stats: Tensor | None = None) -> Tensor:
     """(B, 3, T, H, W) or (3, T, H, W) uint8 RGB → float32 normalised with the Kinetics mean and
     std [V]. Float input is returned unchanged: it is taken to be normalised already.
 
     Clips travel as uint8 from the DataLoader workers (4× less to copy between processes and to the
-    GPU) and are normalised here, by the encoders, on their device.
+    GPU) and are normalised here, by the encoders, on their device. ``stats``: the (2, 3) tensor
+    of :func:`video_stats` on the clip's device (the encoders keep it as a buffer, so that no
+    constant is copied to the device at every forward); made here when not given.
     """
     if video.dtype != torch.uint8:
         return video
-    shape = (3, 1, 1, 1)
-    mean = torch.tensor(VIDEO_MEAN, device=video.device).view(shape)
-    std = torch.tensor(VIDEO_STD, device=video.device).view(shape)
+    if stats is None:
+        stats = video_stats(video.device)
+    mean, std = stats[0].view(3, 1, 1, 1), stats[1].view(3, 1, 1, 1)
     return (video.float() / 255.0 - mean) / std
+
+
+def video_stats(device: torch.device | str | None = None) -> Tensor:
+    """(2, 3) float32: ``VIDEO_MEAN`` and ``VIDEO_STD``, on ``device``."""
+    return torch.tensor([VIDEO_MEAN, VIDEO_STD], dtype=torch.float32, device=device)
 
 
 def input_channels(video_input: str) -> int:
@@ -65,9 +72,10 @@ def add_frame_differences(x: Tensor) -> Tensor:
     return torch.cat([x, diff], dim=1)
 
 
-def prepare_input(x: Tensor, video_input: str) -> Tensor:
-    """Normalise a (B, 3, T, H, W) clip and add its frame differences when asked (→ 3 or 6 ch)."""
-    x = normalize_video(x)
+def prepare_input(x: Tensor, video_input: str, stats: Tensor | None = None) -> Tensor:
+    """Normalise a (B, 3, T, H, W) clip (``normalize_video`` with ``stats``) and add its frame
+    differences when asked (→ 3 or 6 channels)."""
+    x = normalize_video(x, stats)
     if x.dim() != 5 or x.shape[1] != 3:
         raise ValueError(f"expected a clip of shape (B, 3, T, H, W), got {tuple(x.shape)}")
     return add_frame_differences(x) if video_input == "rgb_diff" else x
@@ -178,6 +186,8 @@ class R2Plus1D18(nn.Module):
     ``forward_features``: (B, 3, T, H, W) -> (B, 8 * width), global average pool of stage 4.
     """
 
+    input_stats: Tensor
+
     def __init__(
         self,
         mid_rule: MidRule = "xdc",
@@ -194,6 +204,9 @@ class R2Plus1D18(nn.Module):
         self.mid_rule = mid_rule
         self.width = width
         self.video_input = video_input
+        self.channels_last = False
+        """Clips enter in the channels_last_3d memory format (:func:`use_channels_last`)."""
+        self.register_buffer("input_stats", video_stats(), persistent=False)
         stem_mid = max(1, 45 * width // 64)
         self.stem = nn.Sequential(
             nn.Conv3d(
@@ -225,7 +238,10 @@ class R2Plus1D18(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features) pooled."""
-        x = self.stem(prepare_input(x, self.video_input))
+        x = prepare_input(x, self.video_input, self.input_stats)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = self.stem(x)
         for name in ("layer1", "layer2", "layer3", "layer4"):
             x = getattr(self, name)(x)
         # Global average pooling as a mean: AdaptiveAvgPool3d's CUDA backward has no
@@ -252,6 +268,8 @@ class FrameCNN(nn.Module):
     ``forward_features``: (B, 3, T, H, W), any T >= 1 and H, W >= 16 -> (B, 4 * width).
     """
 
+    input_stats: Tensor
+
     def __init__(
         self,
         width: int = 32,
@@ -266,6 +284,7 @@ class FrameCNN(nn.Module):
             raise ConfigError(f"temporal_pool must be 'mean' or 'max', got {temporal_pool!r}")
         self.temporal_pool = temporal_pool
         self.video_input = video_input
+        self.register_buffer("input_stats", video_stats(), persistent=False)
         self.features = frame_bottom(width, video_input, bottom)
         # One residual conv at the coarsest scale widens the receptive field at little cost.
         self.refine = nn.Sequential(
@@ -278,7 +297,8 @@ class FrameCNN(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
-        per_frame, batch, frames = frames_as_images(prepare_input(x, self.video_input))
+        x = prepare_input(x, self.video_input, self.input_stats)
+        per_frame, batch, frames = frames_as_images(x)
         maps = self.features(per_frame)
         maps = self.relu(maps + self.refine(maps))
         frame_features = maps.mean(dim=(2, 3)).view(batch, frames, -1)
@@ -305,6 +325,8 @@ class Mixed2D3D(nn.Module):
     ``forward_features``: (B, 3, T, H, W), any T >= 1 and H, W >= 16 -> (B, 4 * width).
     """
 
+    input_stats: Tensor
+
     def __init__(
         self, width: int = 16, video_input: VideoInput = "rgb", bottom: str = "fast"
     ) -> None:
@@ -312,6 +334,7 @@ class Mixed2D3D(nn.Module):
         if width < 1:
             raise ConfigError(f"width must be >= 1, got {width}")
         self.video_input = video_input
+        self.register_buffer("input_stats", video_stats(), persistent=False)
         self.frames = frame_bottom(width, video_input, bottom)
         c = 4 * width
         self.temporal = nn.Sequential(
@@ -327,7 +350,8 @@ class Mixed2D3D(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, 3, T, H, W) clip, uint8 RGB or normalised float -> (B, num_features)."""
-        per_frame, batch, frames = frames_as_images(prepare_input(x, self.video_input))
+        x = prepare_input(x, self.video_input, self.input_stats)
+        per_frame, batch, frames = frames_as_images(x)
         maps = self.frames(per_frame)
         maps = maps.view(batch, frames, *maps.shape[1:]).transpose(1, 2)
         return self.temporal(maps).mean(dim=(2, 3, 4))
@@ -393,6 +417,19 @@ def init_conv_bn_weights(model: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def use_channels_last(encoder: nn.Module) -> bool:
+    """Put an R(2+1)D-18's weights, and from now on its input clips, in the channels_last_3d
+    memory format (the layout cuDNN's tensor-core 3D convolutions work in; on CUDA, with mixed
+    precision). The same numbers in another layout: features, state dict and checkpoints do not
+    change. Returns False, changing nothing, for the other encoders (their 2D convs have no 3D
+    layout)."""
+    if not isinstance(encoder, R2Plus1D18):
+        return False
+    encoder.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # not in torch's stubs
+    encoder.channels_last = True
+    return True
+
+
 VIDEO_ENCODERS: dict[str, type[nn.Module]] = {
     "r2plus1d_18": R2Plus1D18,
     "frame2d": FrameCNN,
@@ -419,6 +456,8 @@ __all__ = [
     "input_channels",
     "normalize_video",
     "prepare_input",
+    "use_channels_last",
+    "video_stats",
     "BasicBlock2Plus1D",
     "Conv2Plus1D",
     "FrameCNN",
