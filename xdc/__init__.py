@@ -7,9 +7,27 @@ The library is organised along the data flow:
                 -> ``xdc.clustering`` + ``xdc.methods`` (SDC / MDC / CDC / XDC)
                 -> ``xdc.training`` (extract -> cluster -> relabel -> train)
                 -> ``xdc.evaluation`` (linear probe, finetune, retrieval, report)
+                -> ``xdc.export`` (safetensors, TorchScript, ONNX), ``xdc.Embedder`` (embeddings)
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from xdc.errors import XdcError
 
+if TYPE_CHECKING:
+    from xdc.embed import Embedder
+
 __version__ = "0.1.0"
-__all__ = ["XdcError", "__version__"]
+__all__ = ["Embedder", "XdcError", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """``xdc.Embedder`` (``xdc.embed``), imported when first asked for: ``import xdc`` stays
+    light."""
+    if name == "Embedder":
+        from xdc.embed import Embedder
+
+        return Embedder
+    raise AttributeError(f"module 'xdc' has no attribute {name!r}")

@@ -340,6 +340,59 @@ def _add_config(sub: Subcommands) -> None:
     p.set_defaults(run=lambda a: cmd_config(a.preset, a.method, a.overrides))
 
 
+def cmd_export(
+    run: str,
+    to: str,
+    formats: str = "safetensors,torchscript,onnx",
+    modality: str = "both",
+    tolerance: float = 1e-4,
+) -> int:
+    """Write a run's encoders as safetensors (+ JSON sidecar), TorchScript and ONNX, each checked."""
+    from xdc.export import export_run
+
+    wanted = [f.strip() for f in formats.split(",") if f.strip()]
+    modalities = ("video", "audio") if modality == "both" else (modality,)
+    for exported in export_run(run, to, wanted, modalities, tolerance):
+        print(f"{exported.modality}: {exported.sidecar}")
+        for c in exported.checks:
+            if c.skipped:
+                print(f"  {c.format:<12} skipped: {c.skipped}")
+                continue
+            diff = (
+                "not compared" if c.max_abs_diff is None else f"max abs diff {c.max_abs_diff:.2g}"
+            )
+            print(f"  {c.format:<12} {c.file}: {diff} on a {c.input} ({c.checked_with})")
+    return 0
+
+
+def _add_export(sub: Subcommands) -> None:
+    p = sub.add_parser(
+        "export",
+        help="a run's encoders as safetensors + JSON sidecar, TorchScript and ONNX",
+        description="Writes DIR/<modality>.safetensors (weights), DIR/<modality>.json (the "
+        "architecture, its config, the input contract: frames, crop, fps, normalisation, log-mel "
+        "parameters; versions and hashes), DIR/<modality>.torchscript.pt and DIR/<modality>.onnx "
+        "(uint8 clips or float log-mel in, features out; ONNX when the onnx package is "
+        "installed). Each file is read back and its features compared with the run's encoder on "
+        "a random input (onnxruntime for ONNX, when installed); a difference above --tolerance "
+        "fails the export.",
+    )
+    p.add_argument(
+        "checkpoint", metavar="RUN", help="run folder made by `xdc pretrain` (or its checkpoint.pt)"
+    )
+    p.add_argument("--to", required=True, help="folder to write the files to")
+    p.add_argument(
+        "--formats",
+        default="safetensors,torchscript,onnx",
+        help="comma-separated subset of safetensors,torchscript,onnx (default all)",
+    )
+    p.add_argument("--modality", choices=("video", "audio", "both"), default="both")
+    p.add_argument(
+        "--tolerance", type=float, default=1e-4, help="largest max abs difference (default 1e-4)"
+    )
+    p.set_defaults(run=lambda a: cmd_export(a.checkpoint, a.to, a.formats, a.modality, a.tolerance))
+
+
 def _evaluation_commands() -> list[Callable[[Subcommands], None]]:
     from xdc.evaluation.commands import EVALUATION_COMMANDS
     from xdc.evaluation.finetune import add_finetune_parser
@@ -356,6 +409,7 @@ COMMANDS: list[Callable[[Subcommands], None]] = [
     _add_pretrain,
     _add_config,
     *_evaluation_commands(),
+    _add_export,
 ]
 
 

@@ -14,8 +14,9 @@ from xdc.models import build_audio_encoder, build_video_encoder
 from xdc.models.weights import load_encoder_state
 
 
-def build_encoders(model: ModelConfig, n_mels: int) -> dict[str, nn.Module]:
-    """``{"video": …, "audio": …}`` as the config says, randomly initialised (seed beforehand)."""
+def encoder_specs(model: ModelConfig, n_mels: int) -> dict[str, tuple[str, dict[str, object]]]:
+    """``{"video": (name, kwargs), "audio": (name, kwargs)}``: the builder name and keyword
+    arguments (``build_video_encoder`` / ``build_audio_encoder``) of each encoder the config says."""
     options: dict[str, object] = {"width": model.video_width, "video_input": model.video_input}
     if model.video == "r2plus1d_18":
         options |= {"mid_rule": model.video_mid_rule, "bn_eps": model.bn_eps}
@@ -23,10 +24,19 @@ def build_encoders(model: ModelConfig, n_mels: int) -> dict[str, nn.Module]:
         options["bottom"] = model.video_bottom
     if model.video == "frame2d":
         options["temporal_pool"] = model.video_temporal_pool
-    video = build_video_encoder(model.video, **options)
-    audio = build_audio_encoder(
-        model.audio, width=model.audio_width, n_mels=n_mels, pool=model.audio_pool
-    )
+    audio: dict[str, object] = {
+        "width": model.audio_width,
+        "n_mels": n_mels,
+        "pool": model.audio_pool,
+    }
+    return {"video": (model.video, options), "audio": (model.audio, audio)}
+
+
+def build_encoders(model: ModelConfig, n_mels: int) -> dict[str, nn.Module]:
+    """``{"video": …, "audio": …}`` as the config says, randomly initialised (seed beforehand)."""
+    specs = encoder_specs(model, n_mels)
+    video = build_video_encoder(specs["video"][0], **specs["video"][1])
+    audio = build_audio_encoder(specs["audio"][0], **specs["audio"][1])
     return {"video": video, "audio": audio}
 
 

@@ -203,14 +203,15 @@ def write_manifest(
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            cells = {c: _cell(row.get(c, "")) for c in columns}
+            cells = {c: format_cell(row.get(c, "")) for c in columns}
             if isinstance(row.get("path"), os.PathLike) or not is_text(cells["path"]):
                 cells["path"] = encode_path(cells["path"])  # a path, not yet a cell
             writer.writerow({c: text_cell(v) for c, v in cells.items()})
     return path
 
 
-def _cell(value: object) -> str:
+def format_cell(value: object) -> str:
+    """A value as a manifest cell: floats with 6 significant digits, booleans as 1/0, None empty."""
     if isinstance(value, os.PathLike):
         return str(os.fspath(value))
     if isinstance(value, bool):
