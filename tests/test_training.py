@@ -357,3 +357,19 @@ def test_gpu_benchmark_runs_on_a_cpu(demo_manifest: Path) -> None:
     )
     assert float(values["GFLOPs per clip (fwd+bwd)"]) > 0
     assert values["MFU"].startswith("n/a"), "no peak is known for a CPU"
+
+
+def test_features_clustered_from_disk_give_the_memory_run_labels(
+    demo_manifest: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """cluster.feature_store=disk: float16 memmaps in RUN/features/, streamed through PCA and
+    k-means, removed after clustering; the pseudo-labels are those of the float32 in-RAM run."""
+    out = tmp_path / "run"
+    pretrain(tiny_config("xdc", cluster__feature_store="disk"), demo_manifest, out, progress=False)
+    on_disk, in_ram = load_checkpoint(out)["loop"], load_checkpoint(tiny_run)["loop"]
+    for name in ("video", "audio"):
+        a, b = on_disk["labels"][name].numpy(), in_ram["labels"][name].numpy()
+        assert adjusted_rand_score(a, b) == 1.0, f"{name} clusters differ"
+    assert (out / "features").is_dir() and not any((out / "features").iterdir())
+    with pytest.raises(ConfigError, match="cluster.feature_store"):
+        tiny_config("xdc", cluster__feature_store="disk", cluster__views=2)

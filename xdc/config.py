@@ -117,6 +117,12 @@ class ClusterConfig:
     V > 1 = V clips drawn and augmented as in training (start, crop, flip, colour, SpecAugment),
     so that what the augmentation changes — colour, position, timing — is averaged out of the
     clustered features and the clusters follow it less (V× the extraction time)."""
+    feature_store: str = "auto"
+    """Where extracted features wait for clustering: ``memory`` (float32 in RAM), ``disk`` (float16
+    memory-mapped files in RUN/features/, one per process and modality, streamed through PCA and
+    k-means a chunk at a time, removed after clustering) or ``auto`` (disk when one process's
+    features would take more than 2 GiB as float32, as from ~500k clips at 512 dimensions × 2
+    modalities). ``cluster.views`` > 1 keeps features in memory."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.video_temporal_pool": ("mean", "max"),
     "model.video_input": ("rgb", "rgb_diff"),
     "model.video_bottom": ("fast", "deep"),
+    "cluster.feature_store": ("auto", "memory", "disk"),
     "model.audio": ("resnet18",),
     "model.audio_pool": ("avg", "max", "avgmax"),
     "data.augment": ("none", "strong", "strong_hue"),
@@ -353,6 +360,11 @@ def validate(config: PretrainConfig) -> None:
     _check(c.pca_dim >= 0, "cluster.pca_dim", "must be >= 0 (0 = no PCA)")
     _check(c.kmeans_iters >= 1, "cluster.kmeans_iters", "must be >= 1")
     _check(c.views >= 1, "cluster.views", "must be >= 1 (1 = the centre clip only)")
+    _check(
+        c.views == 1 or c.feature_store != "disk",
+        "cluster.feature_store",
+        "disk needs cluster.views=1 (averaged views are kept in memory); use auto or memory",
+    )
     _check(t.iterations >= 1, "train.iterations", "must be >= 1")
     _check(t.max_epochs >= 1, "train.max_epochs", "must be >= 1")
     _check(t.patience >= 0, "train.patience", "must be >= 0")

@@ -43,9 +43,11 @@ from xdc.diagnostics import sync_warnings, warn_after_clustering, warn_after_ite
 from xdc.errors import TrainingDiverged
 from xdc.features import (
     ClipFeatures,
+    FeatureStore,
     calibrated_copy,
     calibration_keys,
     extract_features,
+    extract_to_store,
     valid_inputs,
 )
 from xdc.loop_state import LoopState, checkpoint, restore
@@ -147,7 +149,10 @@ def relabel(
         it,
         previous=state.labels or None,
         true_labels=np.asarray(run.manifest.labels()),
+        device=run.device,
     )
+    del features, feats  # the memmaps of a feature store, closed before their files go
+    FeatureStore(run.out / FEATURES_FOLDER).clear()
     state.labels, state.centroids = result.labels, result.centroids
     if not method.uses_labels:
         reset_heads(model, optimizer, seeds.torch_generator(seed, "heads", it))
@@ -167,7 +172,7 @@ def relabel(
 
 def run_extraction(
     model: DeepClusteringModel, modalities: tuple[str, ...], run: RunContext, iteration: int
-) -> ClipFeatures:
+) -> ClipFeatures[Any]:
     """Features of every training video — its fixed centre clip, or the mean over
     ``cluster.views`` augmented clips — with BatchNorm recalibrated on a subset of such clips."""
     rows = run.train_set.rows
@@ -187,16 +192,42 @@ def run_extraction(
         encoders[m] = enc.eval()
     if run.view_set is None:
         loader = run.loader(run.eval_set, fixed_keys(rows), contiguous=True)
-        feats = extract_features(
-            encoders, loader, run.device, progress=run.progress, total=len(loader), desc="extract"
-        )
+        store = _feature_store(run, -(-len(rows) // dist.world_size()), encoders)
+        feats: ClipFeatures[Any]
+        if store is None:
+            feats = extract_features(
+                encoders, loader, run.device, progress=run.progress, total=len(loader),
+                desc="extract",
+            )  # fmt: skip
+        else:
+            feats = extract_to_store(
+                encoders, loader, store, run.device, progress=run.progress, total=len(loader),
+                desc="extract",
+            )  # fmt: skip
         run.report_failures(feats.failures)
     else:
         feats = _averaged_views(encoders, rows, run, iteration)
     for m, enc in encoders.items():  # a process whose shard gave no clip: (0, D), as elsewhere
         if feats.features[m].shape[0] == 0:
-            feats.features[m] = torch.zeros(0, num_features(enc))
+            empty = torch.zeros(0, num_features(enc))
+            array = not isinstance(feats.features[m], Tensor)
+            feats.features[m] = cast(Any, empty.numpy().astype(np.float16) if array else empty)
     return feats
+
+
+FEATURES_FOLDER = "features"
+STORE_ABOVE_BYTES = 2 << 30  # cluster.feature_store=auto: float32 features above this go to disk
+
+
+def _feature_store(
+    run: RunContext, n_clips: int, encoders: dict[str, nn.Module]
+) -> FeatureStore | None:
+    """Where this process's extracted features go: a store in RUN/features/, or None (RAM)."""
+    mode = run.config.cluster.feature_store
+    if mode == "auto":
+        nbytes = 4 * n_clips * sum(num_features(e) for e in encoders.values())
+        mode = "disk" if nbytes > STORE_ABOVE_BYTES else "memory"
+    return FeatureStore(run.out / FEATURES_FOLDER) if mode == "disk" else None
 
 
 def _reported(
