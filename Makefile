@@ -35,7 +35,10 @@ lint: setup
 	$(PY) -m ruff format --check xdc tests benchmarks
 	$(PY) -m mypy xdc
 
-bench: bench-data bench-kmeans bench-train
+# One table of every benchmark beside its reference from the same run (benchmarks/table.py;
+# `$(PY) benchmarks/table.py --quick` for a smoke run).
+bench: setup
+	$(PY) benchmarks/table.py
 
 bench-data: setup
 	$(PY) benchmarks/data.py

@@ -3,6 +3,7 @@ and the loader on raw 360p and 720p sources against the same clips after ``xdc p
 
     make bench-data            # or: .venv/bin/python benchmarks/data.py [--clips 240] [--data DIR]
     .venv/bin/python benchmarks/data.py --part prepared     # only the prepared-vs-raw rows
+    .venv/bin/python benchmarks/data.py --quick --json rows.jsonl  # smoke run; rows as JSON lines
 
 Both sides decode exactly the same clips (same videos, same start times) in the same run:
 
@@ -22,6 +23,10 @@ rows and start times) are loaded from them and from their ``xdc prepare`` copies
 a keyframe a second, 16 kHz mono audio), by the loader in the main process (0 workers: clips/s per
 core), one batch from each side in turn. Timings on a shared machine are noisy: compare the ratios
 of one run.
+
+``--quick``: the smallest settings (16 clips, one 2-second source per resolution, a small demo set
+under ``.cache/bench-demo-quick``), to check that the script runs. ``--json PATH`` appends the rows
+in the schema of ``benchmarks/jsonrows.py`` (read by ``benchmarks/table.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jsonrows import append_rows, make_row  # noqa: E402
+
 from xdc import seeds  # noqa: E402
 from xdc.config import DataConfig, build_config  # noqa: E402
 from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys  # noqa: E402
@@ -47,6 +54,8 @@ from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.index import index_source  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
 from xdc.data.prepare import prepare_videos  # noqa: E402
+
+QUICK = {"clips": 16, "files": 1, "seconds": 2.0, "prepared_clips": 8}
 
 
 def bare_decode(path: str, start: float, span: float, audio_start: float, audio_end: float) -> int:
@@ -139,7 +148,7 @@ def textured_video(
 
 def prepared_rows(args: argparse.Namespace, config: DataConfig) -> list[tuple[str, float, float]]:
     """(name, raw clips/s, prepared clips/s) at 360p and 720p, the same keys on both sides."""
-    cache = ROOT / ".cache" / f"bench-prepare-gop{args.source_gop}"
+    cache = Path(args.cache) / f"bench-prepare-gop{args.source_gop}-{args.seconds:g}s"
     rows = []
     for width, height in ((640, 360), (1280, 720)):
         raw = cache / f"raw-{height}p"
@@ -186,12 +195,16 @@ def max_rss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024
 
 
-def worker_rows(args: argparse.Namespace, config: DataConfig) -> None:
-    """The loader with 0, 1 and 2 workers against a bare PyAV decode of the same clips."""
+def worker_rows(args: argparse.Namespace, config: DataConfig) -> list[dict]:
+    """The loader with 0, 1 and 2 workers against a bare PyAV decode of the same clips; returns
+    the JSON rows."""
     data = Path(args.data)
     if not (data / "manifest.csv").is_file():
         print(f"generating demo data in {data} …", flush=True)
-        generate_demo_data(data, classes=10, per_class=40, seed=0, progress=False)
+        per_class, duration = (4, 1.2) if args.quick else (40, 2.0)
+        generate_demo_data(
+            data, classes=10, per_class=per_class, duration_sec=duration, seed=0, progress=False
+        )
     manifest = read_manifest(data / "manifest.csv")
     dataset = ClipDataset(manifest, config, train=True)
     keys = epoch_keys(dataset.rows, args.clips, seeds.rng(0, "sample", 0, 0))
@@ -216,6 +229,29 @@ def worker_rows(args: argparse.Namespace, config: DataConfig) -> None:
         f"largest worker {max_rss_mib(resource.RUSAGE_CHILDREN):.0f} MiB"
     )
     print("targets: 0 workers ≥ 0.75× bare; 2 workers ≥ 1.7× 0 workers")
+    settings = {"clips": args.clips, "batch_size": args.batch_size, "preset": args.preset}
+    bare_name, zero_name = "bare PyAV seek + decode, same clips", "loader, 0 workers"
+    return [
+        make_row("data", "loader, 0 workers", zero, "clips/s", bare_name, bare,
+                 at_least=0.75, settings=settings),
+        make_row("data", "loader, 1 worker", rows[2][1], "clips/s", zero_name, zero,
+                 settings=settings),
+        make_row("data", "loader, 2 workers", rows[3][1], "clips/s", zero_name, zero,
+                 at_least=1.7, settings=settings),
+    ]  # fmt: skip
+
+
+def prepared_json(args: argparse.Namespace, rows: list[tuple[str, float, float]]) -> list[dict]:
+    settings = {
+        "clips": args.prepared_clips, "batch_size": args.batch_size, "preset": args.preset,
+        "files": args.files, "seconds": args.seconds, "source_gop": args.source_gop, "workers": 0,
+    }  # fmt: skip
+    return [
+        make_row("data", f"loader, {name} sources after xdc prepare", prepared, "clips/s",
+                 f"loader, {name} raw sources", raw, settings=settings,
+                 at_least=3.0 if name == "720p" else None)
+        for name, raw, prepared in rows
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -223,8 +259,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data", default=str(ROOT / ".cache" / "bench-demo"), help="demo data folder"
+        "--data", help="demo data folder (default: .cache/bench-demo, or bench-demo-quick)"
     )
+    parser.add_argument(
+        "--cache", default=str(ROOT / ".cache"), help="folder for the generated source videos"
+    )
+    parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
+    parser.add_argument("--json", help="append the rows to this JSON-lines file")
     parser.add_argument("--clips", type=int, default=240, help="clips per measurement")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -240,12 +281,18 @@ def main() -> None:
         "--prepared-clips", type=int, default=48, help="clips per prepared-vs-raw measurement"
     )
     args = parser.parse_args()
+    if args.quick:  # the quick settings replace the defaults; flags given still win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args()
+    if args.data is None:
+        args.data = str(ROOT / ".cache" / ("bench-demo-quick" if args.quick else "bench-demo"))
     config = build_config(args.preset).data
     torch.set_num_threads(1)
     if args.part in ("all", "workers"):
-        worker_rows(args, config)
+        append_rows(args.json, worker_rows(args, config))
     if args.part in ("all", "prepared"):
         rows = prepared_rows(args, config)
+        append_rows(args.json, prepared_json(args, rows))
         print(
             f"\n{args.prepared_clips} clips per row, loader with 0 workers; sources "
             f"{args.seconds:g} s at 30 fps, keyframes every {args.source_gop} frames"

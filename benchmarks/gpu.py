@@ -3,6 +3,7 @@ per CPU core.
 
     .venv/bin/python benchmarks/gpu.py                  # a few minutes on one GPU
     .venv/bin/python benchmarks/gpu.py --peak-tflops 312  # a GPU missing from PEAK_TFLOPS
+    .venv/bin/python benchmarks/gpu.py --quick --json rows.jsonl  # smoke run; rows as JSON lines
 
 On a GPU: the ``paper-kinetics`` model (R(2+1)D-18 on 8×112×112 clips, ResNet-18 on 40×100
 log-mel, XDC's two heads at K = 256) trained as ``xdc pretrain`` trains it — mixed precision
@@ -19,6 +20,8 @@ cores to be fed.
 
 On a CPU the same measurements run on the ``tiny`` preset (no MFU: no peak is known), so that the
 script can be smoke-tested anywhere (tests/test_training.py runs it with the smallest settings).
+``--quick`` sets the smallest settings; ``--json PATH`` appends the rows in the schema of
+``benchmarks/jsonrows.py`` (read by ``benchmarks/table.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jsonrows import append_rows, make_row  # noqa: E402
+
 from xdc import optim  # noqa: E402
 from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.audio import LogMel  # noqa: E402
@@ -53,6 +58,8 @@ from xdc.data.transforms import SPEC_AUGMENT_PARAMS, draw_strong_augment  # noqa
 from xdc.deep_clustering import build_model  # noqa: E402
 from xdc.methods import get_method  # noqa: E402
 from xdc.models.video import use_channels_last  # noqa: E402
+
+QUICK = {"batch_size": 4, "steps": 2, "warmup": 1, "workers": 1, "loader_clips": 12}
 
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     # Dense bf16/fp16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets; the first name the
@@ -179,7 +186,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     parser.add_argument("--loader-clips", type=int, default=256, help="clips the loader loads")
     parser.add_argument("--data", help="a manifest to load (default: demo videos made here)")
+    parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
+    parser.add_argument("--json", help="append the rows to this JSON-lines file")
     args = parser.parse_args()
+    if args.quick:  # the quick settings replace the defaults; flags given still win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset or ("paper-kinetics" if device.type == "cuda" else "tiny")
     overrides = {"data.augment": "strong"} if preset.startswith("paper") else {}
@@ -216,6 +228,19 @@ def main() -> None:
     ]
     for label, value in rows:
         print(f"{label:34} {value}")
+    settings = {"device": name, "preset": preset, "batch_size": args.batch_size,
+                "steps": args.steps, "dtype": train["dtype"], "workers": args.workers,
+                "compile": args.compile}  # fmt: skip
+    append_rows(
+        args.json,
+        [
+            make_row("gpu", f"training on {name}, {preset} (ratio: cores to feed it)",
+                     train["clips_per_s"], "clips/s", "loader clips/s per CPU core", per_core,
+                     settings=settings),
+            make_row("gpu", f"achieved TFLOP/s on {name} (ratio: MFU)", tflops, "TFLOP/s",
+                     "dense bf16/fp16 peak" if peak else None, peak, settings=settings),
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

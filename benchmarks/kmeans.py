@@ -11,9 +11,15 @@ then every row assigned in streamed chunks), in a child process whose peak RSS i
 it: a bare float32 GEMM of the same FLOPs timed in the same child, and scikit-learn fitting the same
 sample (random init, the cheapest for it) then predicting every row a chunk at a time (up to 1M).
 
+Feature-store memory: N x 512 features (seeded blobs, 256 rows a batch) extracted by
+``xdc.features.extract_to_store`` into float16 memmaps and clustered (K = ``--k``, xdc's defaults),
+against the same extracted by ``extract_features`` as float32 tensors in RAM and clustered alike;
+each in a child process whose peak RSS is reported.
+
     .venv/bin/python benchmarks/kmeans.py            # N = 10k, 100k in memory; 1M on disk (~2 min)
-    .venv/bin/python benchmarks/kmeans.py --quick    # N = 10k only, one run each; nothing on disk
+    .venv/bin/python benchmarks/kmeans.py --quick    # N = 10k only, one run each; 20k feature store, K = 16
     .venv/bin/python benchmarks/kmeans.py --scale    # also 10M on disk (10 GB file; ~15 min)
+    .venv/bin/python benchmarks/kmeans.py --json rows.jsonl   # also append the rows as JSON lines
 
 On some processors OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are set in the environment and slow the
 OpenBLAS behind numpy/scikit-learn. The fair comparison is the environment the user has; when they
@@ -30,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,15 +45,21 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from threadpoolctl import threadpool_info
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jsonrows import append_rows, make_row  # noqa: E402
+
 from xdc import seeds  # noqa: E402
 from xdc.clustering import POINTS_PER_CENTROID, kmeans  # noqa: E402
+from xdc.features import FeatureStore, extract_features, extract_to_store  # noqa: E402
 
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 DISK_DIM, DISK_K, DISK_BLOBS = 512, 1024, 1024
 WRITE_ROWS = 1 << 16  # rows generated and written at a time
 SKLEARN_DISK_ROWS = 1_000_000
+STORE_BATCH = 256  # rows per extraction batch in the feature-store rows
+SCALE_SECONDS, SCALE_RSS_GIB = 900.0, 6.0  # the targets at N = 10M (issue 10)
 
 
 def make_data(n: int, dim: int, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -156,17 +168,84 @@ def print_table(n: int, rows: list[tuple[str, float, float]]) -> None:
         print(f"{n:>7} {name:<32} {seconds:>8.3f} {ratio:>9.2f} {inertia:>14.6g} {diff:>+10.2e}")
 
 
-def write_blobs(path: Path, n: int, dim: int, seed: int = 0) -> None:
-    """``(n, dim)`` float16 rows around ``DISK_BLOBS`` Gaussian centres (spread 0.3 of the noise, as
-    in :func:`make_data`), generated and written ``WRITE_ROWS`` at a time (memory stays small)."""
+def blob_chunks(n: int, dim: int, seed: int = 0, rows: int = WRITE_ROWS) -> Iterator[np.ndarray]:
+    """``(n, dim)`` float32 points around ``DISK_BLOBS`` Gaussian centres (spread 0.3 of the
+    noise, as in :func:`make_data`), generated ``rows`` at a time (memory stays small)."""
     centres = 0.3 * np.random.default_rng(seed).standard_normal((DISK_BLOBS, dim), np.float32)
+    for chunk, start in enumerate(range(0, n, rows)):
+        size = min(rows, n - start)
+        rng = np.random.default_rng([seed, chunk])
+        points = centres[rng.integers(0, DISK_BLOBS, size)]
+        points += rng.standard_normal((size, dim), np.float32)
+        yield points
+
+
+def write_blobs(path: Path, n: int, dim: int, seed: int = 0) -> None:
+    """:func:`blob_chunks` written to ``path`` as raw float16 rows."""
     with path.open("wb") as fh:
-        for chunk, start in enumerate(range(0, n, WRITE_ROWS)):
-            rows = min(WRITE_ROWS, n - start)
-            rng = np.random.default_rng([seed, chunk])
-            points = centres[rng.integers(0, DISK_BLOBS, rows)]
-            points += rng.standard_normal((rows, dim), np.float32)
+        for points in blob_chunks(n, dim, seed):
             fh.write(points.astype(np.float16).tobytes())
+
+
+def feature_batches(n: int, dim: int) -> Iterator[dict]:
+    """Collated batches as the extraction loop sees them, whose ``video`` entry is already the
+    ``(B, dim)`` feature (the encoder is ``nn.Identity``): no model time, only the features."""
+    start = 0
+    for points in blob_chunks(n, dim, rows=STORE_BATCH):
+        size = len(points)
+        index = torch.arange(start, start + size)
+        yield {"index": index, "label": torch.zeros(size, dtype=torch.int64),
+               "video": torch.from_numpy(points)}  # fmt: skip
+        start += size
+
+
+def store_child(folder: Path, n: int, method: str, k: int, iters: int) -> None:
+    """Extract ``n`` features through the feature store (``method`` "store") or into RAM ("ram"),
+    cluster them with xdc's defaults; print one JSON line with the peak RSS."""
+    encoders = {"video": nn.Identity()}
+    rss_at_start = max_rss_gib()
+    start = time.perf_counter()
+    batches = feature_batches(n, DISK_DIM)
+    if method == "store":
+        store = FeatureStore(folder, rank=0)
+        features = extract_to_store(encoders, batches, store, progress=False).features["video"]
+    else:
+        features = extract_features(encoders, batches, progress=False).features["video"]
+    inertia = kmeans(features, k, n_iter=iters, seed=0).inertia
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "rss_gib": max_rss_gib(), "inertia": inertia,
+                      "rss_at_start_gib": rss_at_start}))  # fmt: skip
+
+
+def benchmark_store(n: int, args: argparse.Namespace) -> list[dict]:
+    """The feature-store rows: extraction + k-means through float16 memmaps vs float32 in RAM,
+    each in its own child process (peak RSS is per process). Returns the JSON rows."""
+    results = {}
+    k = 16 if args.quick else args.k  # N > K x 256 points per centroid: the sampled, streamed path
+    with tempfile.TemporaryDirectory(prefix="xdc-store-", dir=args.tmp) as tmp:
+        for method in ("store", "ram"):
+            command = [sys.executable, __file__, "--store-child", tmp, "--store-rows", str(n)]
+            command += ["--store-method", method, "--k", str(k), "--iters", str(args.iters)]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            results[method] = json.loads(out.strip().splitlines()[-1])
+    print(
+        f"\nfeature store: extract N={n} x {DISK_DIM} features ({STORE_BATCH} a batch) and "
+        f"cluster them, K={k}, {args.iters} iterations, one child process each"
+    )
+    print(f"{'features':<44} {'seconds':>8} {'peak RSS':>9} {'at start':>9} {'inertia':>14}")
+    names = {"store": "float16 feature store (memmap)", "ram": "float32 in RAM (extract_features)"}
+    for method, name in names.items():
+        r = results[method]
+        print(
+            f"{name:<44} {r['seconds']:>8.1f} {r['rss_gib']:>7.2f}Gi "
+            f"{r['rss_at_start_gib']:>7.2f}Gi {r['inertia']:>14.6g}"
+        )
+    settings = {"n": n, "dim": DISK_DIM, "k": k, "iters": args.iters, "batch": STORE_BATCH}
+    return [
+        make_row("kmeans", f"peak RSS, extract + k-means of {n:,}×{DISK_DIM} via the fp16 store",
+                 results["store"]["rss_gib"], "GiB", "same, float32 features in RAM",
+                 results["ram"]["rss_gib"], settings=settings)
+    ]  # fmt: skip
 
 
 def max_rss_gib() -> float:
@@ -217,8 +296,9 @@ def disk_child(path: Path, n: int, method: str, iters: int) -> None:
     print(json.dumps(row))
 
 
-def benchmark_disk(n: int, iters: int, folder: str | None) -> None:
-    """The on-disk row: write the file, then xdc and scikit-learn each in a child process."""
+def benchmark_disk(n: int, iters: int, folder: str | None) -> list[dict]:
+    """The on-disk row: write the file, then xdc and scikit-learn each in a child process; returns
+    the JSON rows."""
     with tempfile.TemporaryDirectory(prefix="xdc-kmeans-", dir=folder) as tmp:
         path = Path(tmp) / "features.f16"
         start = time.perf_counter()
@@ -251,6 +331,43 @@ def benchmark_disk(n: int, iters: int, folder: str | None) -> None:
         f"   ({ours['flops'] / 1e12:.1f} TFLOP at {ours['gemm_flops_per_second'] / 1e9:.0f} "
         f"GFLOP/s; xdc = {ours['seconds'] / gemm_seconds:.2f}x the GEMM time)"
     )
+    return disk_json(n, iters, results, gemm_seconds)
+
+
+def disk_json(n: int, iters: int, results: dict[str, dict], gemm_seconds: float) -> list[dict]:
+    ours, theirs = results["xdc"], results.get("sklearn")
+    scale = n >= 10_000_000
+    settings = {"n": n, "dim": DISK_DIM, "k": DISK_K, "iters": iters,
+                "sample": min(n, DISK_K * POINTS_PER_CENTROID)}  # fmt: skip
+    what = f"xdc k-means, {n:,}×{DISK_DIM} fp16 memmap, K={DISK_K}"
+    rows = [
+        make_row("kmeans", what, ours["seconds"], "s", "bare float32 GEMM of the same FLOPs",
+                 gemm_seconds, settings=settings,
+                 target=f"≤ {SCALE_SECONDS:g} s" if scale else None,
+                 meets=ours["seconds"] <= SCALE_SECONDS if scale else None),
+        make_row("kmeans", f"peak RSS, {what}", ours["rss_gib"], "GiB",
+                 "scikit-learn, same sample + chunked predict" if theirs else None,
+                 theirs["rss_gib"] if theirs else None, settings=settings,
+                 target=f"≤ {SCALE_RSS_GIB:g} GiB" if scale else None,
+                 meets=ours["rss_gib"] <= SCALE_RSS_GIB if scale else None),
+    ]  # fmt: skip
+    if theirs:
+        rows.insert(1, make_row("kmeans", what, ours["seconds"], "s",
+                                "scikit-learn, same sample + chunked predict",
+                                theirs["seconds"], settings=settings))  # fmt: skip
+    return rows
+
+
+def size_json(n: int, rows: list[tuple[str, float, float]], args: argparse.Namespace) -> list[dict]:
+    """One JSON row per method of ``rows`` but the reference (scikit-learn, ``rows[1]``)."""
+    settings = {"n": n, "dim": args.dim, "k": args.k, "iters": args.iters, "repeats": args.repeats}
+    reference = f"scikit-learn, same init and {args.iters} iterations"
+    return [
+        make_row("kmeans", f"{name}, N={n:,} in RAM, K={args.k}", seconds, "s", reference,
+                 rows[1][1], settings=settings, at_most=1.0 if name == "xdc cpu" else None)
+        for i, (name, seconds, _) in enumerate(rows)
+        if i != 1
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -266,12 +383,23 @@ def main() -> None:
     )
     parser.add_argument("--scale", action="store_true", help="the on-disk row at N = 10M")
     parser.add_argument("--tmp", default=None, help="folder for the on-disk file (default: TMPDIR)")
+    parser.add_argument(
+        "--store-rows",
+        type=int,
+        help="N of the feature-store memory row (default 1M, 20k with --quick; 0: skip it)",
+    )
+    parser.add_argument("--json", help="append the rows to this JSON-lines file")
     parser.add_argument("--sklearn-only", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--disk-child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--disk-method", default="xdc", help=argparse.SUPPRESS)
+    parser.add_argument("--store-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--store-method", default="store", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.disk_child:
         disk_child(Path(args.disk_child), args.disk_rows, args.disk_method, args.iters)
+        return
+    if args.store_child:
+        store_child(Path(args.store_child), args.store_rows, args.store_method, args.k, args.iters)
         return
     if args.sklearn_only:
         points, init = make_data(args.sklearn_only, args.dim, args.k)
@@ -295,10 +423,17 @@ def main() -> None:
         f"best of {args.repeats}\n"
     )
     for n in sizes:
-        print_table(n, benchmark_size(n, args))
+        rows = benchmark_size(n, args)
+        print_table(n, rows)
+        append_rows(args.json, size_json(n, rows, args))
     disk_rows = 10_000_000 if args.scale else 0 if args.quick else args.disk_rows
     if disk_rows:
-        benchmark_disk(disk_rows, args.iters, args.tmp)
+        append_rows(args.json, benchmark_disk(disk_rows, args.iters, args.tmp))
+    store_rows = args.store_rows
+    if store_rows is None:
+        store_rows = 20_000 if args.quick else 1_000_000
+    if store_rows:
+        append_rows(args.json, benchmark_store(store_rows, args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Pretraining-loop benchmark: the whole loop against model-only steps of the same shapes.
 
     make bench-train           # or: .venv/bin/python benchmarks/train.py [--steps 60]
+    .venv/bin/python benchmarks/train.py --quick --json rows.jsonl  # smoke run; rows as JSON lines
 
 For each configuration, in the same run:
 - model only: forward, cross-entropy on every head, backward and SGD step of the method's model
@@ -14,6 +15,11 @@ The ratio loop / model-only is the share of the time the loop spends training th
 
 Configurations: ``tiny`` (the demo's preset: RAM cache, no workers) and ``stream`` (a narrow
 R(2+1)D-18 at 8×112×112 with clips decoded from disk by 2 DataLoader workers).
+
+``--quick``: ``tiny`` only, a few steps, K = 4 and batches of 8 (so that a few dozen videos do),
+on a small demo set under ``.cache/bench-demo-quick``: to check that the script runs. ``--json
+PATH`` appends the rows in the schema of ``benchmarks/jsonrows.py`` (read by
+``benchmarks/table.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
@@ -55,6 +63,15 @@ CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
             "train.batch_size": 8,
         },
     ),
+}
+
+
+QUICK = {"steps": 3, "epochs": 2, "steps_per_epoch": 2, "configs": "tiny"}
+QUICK_OVERRIDES = {
+    "cluster.k": 4,
+    "cluster.pca_dim": 8,
+    "cluster.bn_recalibration_clips": 16,
+    "train.batch_size": 8,
 }
 
 
@@ -102,8 +119,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--data", default=str(ROOT / ".cache" / "bench-demo"), help="demo data folder"
+        "--data", help="demo data folder (default: .cache/bench-demo, or bench-demo-quick)"
     )
+    parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
+    parser.add_argument("--json", help="append the rows to this JSON-lines file")
     parser.add_argument("--steps", type=int, default=60, help="model-only steps per configuration")
     parser.add_argument("--epochs", type=int, default=3, help="loop epochs per configuration")
     parser.add_argument(
@@ -111,16 +130,23 @@ def main() -> None:
     )
     parser.add_argument("--configs", default="tiny,stream")
     args = parser.parse_args()
-    data = Path(args.data)
+    if args.quick:  # the quick settings replace the defaults; flags given still win
+        parser.set_defaults(**QUICK)
+        args = parser.parse_args()
+    data = Path(args.data or ROOT / ".cache" / ("bench-demo-quick" if args.quick else "bench-demo"))
     if not (data / "manifest.csv").is_file():
         print(f"generating demo data in {data} …", flush=True)
-        generate_demo_data(data, classes=10, per_class=40, seed=0, progress=False)
+        per_class, duration = (4, 1.2) if args.quick else (40, 2.0)
+        generate_demo_data(
+            data, classes=10, per_class=per_class, duration_sec=duration, seed=0, progress=False
+        )
     manifest = data / "manifest.csv"
     n_train = len(read_manifest(manifest).select("train"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.configs.split(","):
             preset, overrides = CONFIGS[name]
+            overrides = {**overrides, **(QUICK_OVERRIDES if args.quick else {})}
             config = build_config(preset, {**overrides, "train.iterations": 1})
             per_epoch = args.steps_per_epoch * config.train.batch_size
             config = build_config(
@@ -142,6 +168,17 @@ def main() -> None:
         measured = f"{alone:.1f} ({before:.1f}, {after:.1f})"
         print(f"{name:8} {measured:>35} {looped:13.1f} {looped / alone:12.2f}×")
     print("target: loop ≥ 0.9× model-only")
+    settings = {"steps": args.steps, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+                "threads": torch.get_num_threads(), "quick": args.quick}  # fmt: skip
+    append_rows(
+        args.json,
+        [
+            make_row("train", f"pretraining loop, {name}", looped, "clips/s",
+                     "model-only steps, same shapes (mean of before and after)",
+                     (before + after) / 2, at_least=0.9, settings={"config": name, **settings})
+            for name, before, after, looped in rows
+        ],
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
