@@ -34,10 +34,8 @@ import io
 import json
 import os
 import tempfile
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -51,6 +49,7 @@ from xdc.data.manifest import (
     text_cell,
     write_manifest,
 )
+from xdc.data.pool import map_files
 from xdc.data.probe import (
     MISSING,
     PROBE_FAILED,
@@ -287,50 +286,11 @@ def _probe_here(path: str) -> ProbeResult:
 
 
 def _probe_in_pool(paths: list[str], workers: int) -> Iterator[ProbeResult]:
-    """Probe ``paths`` in ``workers`` processes; results come in the order they finish.
-
-    At most two files per process are handed out at a time, so that when a process dies (FFmpeg
-    crashing on a file kills it, and breaks the pool) the files in flight are known: each is then
-    probed alone in a process of its own, the one that dies again is rejected (``probe failed``),
-    and the rest continue in a new pool.
-    """
-    todo = deque(paths)
-    while todo:
-        suspects: list[str] = []
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            running: dict[Future[ProbeResult], str] = {}
-            while todo or running:
-                while todo and len(running) < 2 * workers:
-                    path = todo.popleft()
-                    running[pool.submit(probe_file, path)] = path
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = False
-                for future in done:
-                    path = running.pop(future)
-                    try:
-                        yield future.result()
-                    except BrokenProcessPool:
-                        suspects.append(path)
-                        broken = True
-                    except Exception as error:  # e.g. a result that cannot be sent
-                        yield ProbeResult(path, PROBE_FAILED, f"{type(error).__name__}: {error}")
-                if broken:
-                    suspects += running.values()
-                    break
-        for path in suspects:
-            yield _probe_alone(path)
-
-
-def _probe_alone(path: str) -> ProbeResult:
-    """``probe_file`` in a process of its own; a probe that kills the process rejects the file."""
-    with ProcessPoolExecutor(max_workers=1) as pool:
-        try:
-            return pool.submit(probe_file, path).result()
-        except BrokenProcessPool:
-            detail = "the probing process died on this file (FFmpeg crashed?)"
-        except Exception as error:
-            detail = f"{type(error).__name__}: {error}"
-    return ProbeResult(path, PROBE_FAILED, detail)
+    """Probe ``paths`` in ``workers`` processes; results come in the order they finish. A file
+    whose probe kills its process twice is rejected (``probe failed``), see ``map_files``."""
+    return map_files(
+        probe_file, paths, workers, lambda path, detail: ProbeResult(path, PROBE_FAILED, detail)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

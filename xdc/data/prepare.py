@@ -35,15 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import json
 import os
 import re
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -55,6 +54,7 @@ from tqdm import tqdm
 from xdc import atomic
 from xdc.data.index import read_source
 from xdc.data.manifest import encode_path, text_cell, write_manifest
+from xdc.data.pool import map_files
 from xdc.data.probe import ProbeResult, probe_file
 from xdc.errors import ConfigError, DataError
 
@@ -499,38 +499,17 @@ def _run(jobs: list[_Job], settings: PrepareSettings, workers: int) -> Iterator[
         for job in jobs:
             yield prepare_file(job.source, job.output, settings, threads=0)
         return
-    todo = deque(jobs)
-    while todo:
-        suspects: list[_Job] = []
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            running: dict[Future[FileResult], _Job] = {}
-            while todo or running:
-                while todo and len(running) < 2 * workers:
-                    job = todo.popleft()
-                    running[pool.submit(prepare_file, job.source, job.output, settings, 1)] = job
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = False
-                for future in finished:
-                    job = running.pop(future)
-                    try:
-                        yield future.result()
-                    except BrokenProcessPool:
-                        suspects.append(job)
-                        broken = True
-                if broken:
-                    suspects += running.values()
-                    break
-        for job in suspects:  # each alone: the one that kills its process again fails
-            yield _prepare_alone(job, settings)
+    work = functools.partial(_prepare_job, settings=settings)
+    yield from map_files(
+        work,
+        jobs,
+        workers,
+        lambda job, detail: FileResult(job.source, job.output, WORKER_DIED, detail),
+    )
 
 
-def _prepare_alone(job: _Job, settings: PrepareSettings) -> FileResult:
-    with ProcessPoolExecutor(max_workers=1) as pool:
-        try:
-            return pool.submit(prepare_file, job.source, job.output, settings, 1).result()
-        except BrokenProcessPool:
-            detail = "the process preparing this file died (FFmpeg crashed?)"
-    return FileResult(job.source, job.output, WORKER_DIED, detail)
+def _prepare_job(job: _Job, settings: PrepareSettings) -> FileResult:
+    return prepare_file(job.source, job.output, settings, 1)
 
 
 # ---------------------------------------------------------------------------------------------
