@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from xdc.errors import XdcError
+from xdc.progress import inform
 
 if TYPE_CHECKING:
     from xdc.evaluation.cli_shared import Subcommands
@@ -32,7 +33,7 @@ def cmd_demo_data(
         out, classes=classes, per_class=per_class, seed=seed, workers=workers, family=family,
         val_fraction=val_fraction, test_fraction=test_fraction,
     )  # fmt: skip
-    print(f"wrote {classes * per_class} videos and {manifest}")
+    inform(f"wrote {classes * per_class} videos and {manifest}")
     return 0
 
 
@@ -49,7 +50,7 @@ def cmd_index(
     result = index_source(
         source, output, splits_dir=splits_dir, split_number=split_number, workers=workers
     )
-    print(result.summary())
+    inform(result.summary())
     return 0
 
 
@@ -66,7 +67,7 @@ def cmd_prepare(
         audio_rate=audio_rate, audio_channels=audio_channels,
     )  # fmt: skip
     result = prepare_videos(source, out, settings, workers=workers, progress=progress)
-    print(result.summary())
+    inform(result.summary())
     return 0
 
 
@@ -420,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress output and no informational lines; warnings, errors and results "
+        "still print (also XDC_QUIET=1)",
+    )
+    parser.add_argument(
         "--data-root",
         action="append",
         default=[],
@@ -443,18 +451,21 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @contextlib.contextmanager
-def _manifest_roots(data_roots: Sequence[str], allow_outside: bool) -> Iterator[None]:
-    """The command's ``--data-root`` / ``--allow-outside-root`` as the environment variables the
-    manifest reader checks (so DataLoader workers and torchrun's children see them too),
-    restored afterwards."""
+def _manifest_roots(data_roots: Sequence[str], allow_outside: bool, quiet: bool) -> Iterator[None]:
+    """The command's ``--data-root`` / ``--allow-outside-root`` / ``--quiet`` as the environment
+    variables the manifest reader and ``xdc.progress`` check (so DataLoader workers and
+    torchrun's children see them too), restored afterwards."""
     from xdc.data.manifest import ALLOW_OUTSIDE_ROOT_ENV, DATA_ROOT_ENV
+    from xdc.progress import QUIET_ENV
 
-    saved = {k: os.environ.get(k) for k in (DATA_ROOT_ENV, ALLOW_OUTSIDE_ROOT_ENV)}
+    saved = {k: os.environ.get(k) for k in (DATA_ROOT_ENV, ALLOW_OUTSIDE_ROOT_ENV, QUIET_ENV)}
     if data_roots:
         roots = [os.path.abspath(d) for d in data_roots]
         os.environ[DATA_ROOT_ENV] = os.pathsep.join([*roots, *filter(None, [saved[DATA_ROOT_ENV]])])
     if allow_outside:
         os.environ[ALLOW_OUTSIDE_ROOT_ENV] = "1"
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
     try:
         yield
     finally:
@@ -472,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="xdc: %(message)s"
     )
     try:
-        with _manifest_roots(args.data_root, args.allow_outside_root):
+        with _manifest_roots(args.data_root, args.allow_outside_root, args.quiet):
             return int(args.run(args) or 0)
     except XdcError as err:
         print(f"xdc: error: {err}", file=sys.stderr)

@@ -33,6 +33,7 @@ from xdc.evaluation.encoders import load_eval_encoders
 from xdc.evaluation.extract import extract_splits
 from xdc.evaluation.linear_probe import probe_clip_features
 from xdc.methods import MODALITIES
+from xdc.progress import inform
 from xdc.training import pretrain
 
 METHODS = ("xdc", "sdc", "supervised")
@@ -77,7 +78,7 @@ def run_demo(
             tic = time.perf_counter()
             config = build_config(preset, [*overrides, f"train.seed={seed}"], method=method)
             runs[method] = out / f"seed{seed}" / method
-            print(f"\n== pretraining {method} (seed {seed}) → {runs[method]}")
+            inform(f"\n== pretraining {method} (seed {seed}) → {runs[method]}")
             pretrain(config, manifest_path, runs[method], device=device, progress=progress)
             timings[f"pretrain {method}"] = (
                 timings.get(f"pretrain {method}", 0) + time.perf_counter() - tic
@@ -143,7 +144,7 @@ def _data(manifest_path: Path, wanted: dict[str, Any], progress: bool) -> None:
                 "delete that folder"
             )
         return
-    print(
+    inform(
         f"generating {wanted['family']} demo data, {wanted['classes']} classes × "
         f"{wanted['per_class']} videos in {manifest_path.parent} …"
     )
@@ -228,4 +229,4 @@ def _write(
     (run / "eval").mkdir(exist_ok=True)
     atomic.write_text(run / "eval" / f"demo-{summary['split']}.json", text)
     report = write_report(run, device=device, progress=progress)
-    print(f"report: {report}")
+    inform(f"report: {report}")

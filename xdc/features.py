@@ -20,12 +20,12 @@ from typing import IO, Any, Generic, TypeVar
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from xdc import atomic
 from xdc import distributed as xdist
 from xdc.data.datasets import ClipKey, fixed_keys
 from xdc.errors import ConfigError, DataError
+from xdc.progress import track
 
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 FeatureArray = TypeVar("FeatureArray", Tensor, np.ndarray)
@@ -188,7 +188,7 @@ def _extract(
     rows, clips, labels, failures = [], [], [], []
     for enc in encoders.values():
         enc.eval()
-    for batch in tqdm(batches, total=total, desc=desc, disable=not progress, leave=False):
+    for batch in track(batches, total=total, desc=desc, enabled=progress, leave=False):
         failures.extend(batch.get("failures", []))
         valid = (
             batch["valid"].bool()

@@ -26,6 +26,7 @@ from xdc.data.datasets import ClipDataset, ClipKey, DeviceBatches, device_loader
 from xdc.data.manifest import MANIFEST_COLUMNS, Manifest, read_manifest
 from xdc.errors import ConfigError, DataError
 from xdc.methods import LABELS, MODALITIES, Method, get_method
+from xdc.progress import inform
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
@@ -62,7 +63,7 @@ class RunContext:
     def say(self, message: str) -> None:
         """Print on the main process only."""
         if dist.is_main():
-            print(message, flush=True)
+            inform(message)
 
     def loader(
         self,
@@ -168,7 +169,7 @@ def open_run(
         create_run_folder(out, config)
         atomic.write_json(out / RUN_INFO_NAME, info)
         for note in notes:
-            print(f"note: {note}", flush=True)
+            inform(f"note: {note}")
     dist.barrier()
     if config.data.cache == "memory":
         eval_set.cache = train_set.build_cache(progress and dist.is_main())

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from xdc import distributed as dist
 from xdc import optim, seeds
@@ -53,6 +52,7 @@ from xdc.features import (
 from xdc.loop_state import LoopState, checkpoint, restore
 from xdc.methods import MODALITIES, Method, get_method
 from xdc.models.video import use_channels_last
+from xdc.progress import track
 from xdc.pseudolabels import PseudoLabels, balanced_weights, format_stats, make_pseudo_labels
 from xdc.run import RunContext, deterministic_algorithms, open_run
 from xdc.runlog import RunLog
@@ -335,10 +335,10 @@ def train_one_epoch(
     model.train()
     labels = {name: v.to(run.device) for name, v in state.labels.items()}
     window, epoch = _Meter(), _Meter()
-    bar = tqdm(
+    bar = track(
         loader,
         desc=f"it {state.iteration + 1} ep {state.epoch + 1}",
-        disable=not run.progress,
+        enabled=run.progress,
         leave=False,
     )
     for i, batch in enumerate(bar):

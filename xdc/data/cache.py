@@ -21,11 +21,11 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from tqdm import tqdm
 
 from xdc.data.decode import Clip, ClipSpec, clip_duration, decode_clip
 from xdc.data.manifest import Manifest
 from xdc.errors import ConfigError, DecodeError
+from xdc.progress import track
 
 log = logging.getLogger(__name__)
 FRAME_TIME_EPS_SEC = 1e-3  # as in decode_clip: absorbs millisecond rounding of timestamps
@@ -68,7 +68,7 @@ class ClipCache:
                 f"(limit {max_bytes / 2**30:.1f} GiB, data.cache_gib); set data.cache=none for a "
                 "data set this large, or raise data.cache_gib"
             )
-        for row in tqdm(rows, desc="cache", disable=not progress, leave=False):
+        for row in track(rows, desc="cache", enabled=progress, leave=False):
             try:
                 self.videos[row] = self._decode_whole(manifest, row)
             except DecodeError as err:

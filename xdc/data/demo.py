@@ -54,7 +54,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
 
 from xdc.atomic import atomic_path
 from xdc.data.demo_families import (
@@ -81,6 +80,7 @@ from xdc.data.demo_render import (
 )
 from xdc.data.manifest import write_manifest
 from xdc.errors import ConfigError
+from xdc.progress import track
 
 __all__ = [
     "AAC_RATES", "DEFAULT_CLASSES", "FAMILIES", "KEYFRAME_SEC", "MATERIALS", "MATERIAL_OF_SHAPE", "MAX_CLASSES",
@@ -339,7 +339,7 @@ def generate_demo_data(
             for i in range(per_class)
         ]  # fmt: skip
     workers = min(2, os.cpu_count() or 1) if workers is None else workers
-    bar = tqdm(total=len(jobs), desc="demo videos", unit="clip", disable=not progress)
+    bar = track(total=len(jobs), desc="demo videos", unit="clip", enabled=progress)
     if workers == 1:
         rows = []
         for job in jobs:

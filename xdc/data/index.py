@@ -39,8 +39,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
-
 from xdc import atomic
 from xdc.data.manifest import (
     MANIFEST_COLUMNS,
@@ -60,6 +58,7 @@ from xdc.data.probe import (
 )
 from xdc.data.splits import apply_official_splits, load_official_splits, read_official_splits
 from xdc.errors import DataError
+from xdc.progress import track
 
 __all__ = [
     "REJECTION_REASONS",
@@ -266,7 +265,7 @@ def _probe_all(
 
 
 def _run_probes(paths: list[str], workers: int, progress: bool) -> Iterator[ProbeResult]:
-    with tqdm(total=len(paths), desc="probing", unit="file", disable=not progress) as bar:
+    with track(total=len(paths), desc="probing", unit="file", enabled=progress) as bar:
         if workers <= 1 or len(paths) <= 1:
             for path in paths:
                 yield _probe_here(path)

@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import av
-from tqdm import tqdm
 
 from xdc import atomic
 from xdc.data.index import read_source
@@ -57,6 +56,7 @@ from xdc.data.manifest import encode_path, text_cell, write_manifest
 from xdc.data.pool import map_files
 from xdc.data.probe import ProbeResult, probe_file
 from xdc.errors import ConfigError, DataError
+from xdc.progress import track
 
 __all__ = [
     "ENCODE_FAILED",
@@ -603,7 +603,7 @@ def prepare_videos(
                 records[job.output] = entry
         skipped = len(records)
         try:
-            with tqdm(total=len(todo), desc="preparing", unit="file", disable=not progress) as bar:
+            with track(total=len(todo), desc="preparing", unit="file", enabled=progress) as bar:
                 for result in _run(todo, settings, workers or os.cpu_count() or 1):
                     if result.ok:
                         records[result.output] = state.record(result)

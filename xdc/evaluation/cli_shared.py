@@ -22,6 +22,7 @@ from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import ConfigError
 from xdc.evaluation.encoders import EvalEncoders, load_eval_encoders
 from xdc.evaluation.extract import BN_STATISTICS
+from xdc.progress import inform
 
 DEFAULT_CLIPS = 10
 DEFAULT_BN_CLIPS = 512
@@ -128,7 +129,7 @@ def emit(result: dict[str, Any], folder: Path | None, name: str, as_json: bool, 
         return
     print(table)
     if path is not None:
-        print(f"wrote {path}")
+        inform(f"wrote {path}")
 
 
 def format_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

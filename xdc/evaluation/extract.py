@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from xdc import seeds
 from xdc.config import DataConfig
@@ -53,6 +52,7 @@ from xdc.features import (
     valid_inputs,
 )
 from xdc.methods import MODALITIES
+from xdc.progress import track
 from xdc.run import resolve_device
 
 log = logging.getLogger(__name__)
@@ -243,7 +243,7 @@ class FeatureExtractor:
 
     def _valid_inputs(self, modality: str, keys: Sequence[ClipKey]) -> Iterator[Tensor]:
         loader = self.clips.loader(modality, keys)
-        bar = tqdm(loader, desc=f"{modality} BN statistics", disable=not self.progress, leave=False)
+        bar = track(loader, desc=f"{modality} BN statistics", enabled=self.progress, leave=False)
         yield from valid_inputs(bar, modality)
 
     def extract(

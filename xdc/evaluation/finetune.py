@@ -45,7 +45,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from xdc import atomic, optim, seeds
 from xdc.atomic import write_json
@@ -61,6 +60,7 @@ from xdc.evaluation.extract import split_rows
 from xdc.evaluation.protocol import unreadable_line
 from xdc.features import mean_per_video
 from xdc.models.heads import ClassifierHead
+from xdc.progress import inform, track
 from xdc.run import resolve_device
 
 # --- what a finetuning starts from ------------------------------------------------------------
@@ -441,7 +441,7 @@ def finetune_split(
     if (out_dir / RESULT_NAME).is_file():
         result = read_json(out_dir / RESULT_NAME)
         check_identity(result.get("identity", {}), identity, out_dir / RESULT_NAME)
-        print(f"{column}: finished (test top-1 {result['top1']:.4f}); nothing to do", flush=True)
+        inform(f"{column}: finished (test top-1 {result['top1']:.4f}); nothing to do")
         return result
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     split = load_split(data, column, settings, source.config.data, progress)
@@ -454,7 +454,7 @@ def finetune_split(
     ckpt = out_dir / CHECKPOINT_NAME
     if ckpt.is_file():
         epoch, history, seconds = restore_split_state(ckpt, identity, model, optimizer, scaler)
-        print(f"{column}: resuming after epoch {epoch} of {settings.epochs}", flush=True)
+        inform(f"{column}: resuming after epoch {epoch} of {settings.epochs}")
     start = time.perf_counter() - seconds
     while epoch < settings.epochs:
         record = train_one_epoch(
@@ -467,7 +467,7 @@ def finetune_split(
         spent = time.perf_counter() - start
         save_split_state(ckpt, identity, model, optimizer, scaler, epoch, history, spent)
         write_curve(out_dir, history)
-        print(epoch_line(column, record, settings.epochs), flush=True)
+        inform(epoch_line(column, record, settings.epochs))
         if on_epoch is not None:
             on_epoch(record)
     evaluation = evaluate(model, split, settings, dev, amp_dtype, progress)
@@ -545,7 +545,7 @@ def train_one_epoch(
         model.encoder.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
     seen, lr, start = 0, settings.lr, time.perf_counter()
-    bar = tqdm(loader, desc=f"{split.column} epoch {epoch + 1}", disable=not progress, leave=False)
+    bar = track(loader, desc=f"{split.column} epoch {epoch + 1}", enabled=progress, leave=False)
     for i, batch in enumerate(bar):
         split.report_failures(batch["failures"])
         lr = optim.lr_at(optim.step_position(epoch, i, len(loader)), settings.epochs, settings)
@@ -649,7 +649,7 @@ def evaluate(
     test_keys = fixed_keys(split.test_rows, settings.test_clips)
     loader = clip_loader(split.eval_set, test_keys, settings.batch_size, pin_memory=pin)
     rows, probs = [], []
-    for batch in tqdm(loader, desc=f"{split.column} test", disable=not progress, leave=False):
+    for batch in track(loader, desc=f"{split.column} test", enabled=progress, leave=False):
         split.report_failures(batch["failures"])
         valid = batch["valid"].bool()
         if valid.any():

@@ -54,6 +54,7 @@ from xdc.evaluation.report_checks import (
 from xdc.evaluation.report_plots import TILE_PX, data_uri, esc, montage_uri
 from xdc.features import calibrated_copy, calibration_keys, extract_features, valid_inputs
 from xdc.methods import LABELS, METHODS
+from xdc.progress import inform
 from xdc.run import RUN_INFO_NAME, read_run_info, resolve_device
 from xdc.runlog import read_metrics
 
@@ -497,7 +498,7 @@ def cmd_report(
     path = write_report(
         run, out, max_members=max_members, device=device, progress=progress, data=data, probe=probe
     )
-    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    inform(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
