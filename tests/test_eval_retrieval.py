@@ -1,11 +1,14 @@
-"""Retrieval recall@k on hand-made examples, and CCA on planted paired data."""
+"""Retrieval recall@k on hand-made examples (cosine and Euclidean), SeLaVi's pooled conv5 map,
+and CCA on planted paired data."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from xdc.evaluation.retrieval import fit_cca, recall_at_k
+from xdc.errors import ConfigError
+from xdc.evaluation.retrieval import fit_cca, pool_map, recall_at_k, retrieval_protocol
 
 
 def test_recall_at_k_hand_made() -> None:
@@ -84,3 +87,33 @@ def test_cca_gives_whitened_maximally_correlated_pairs() -> None:
     # Two shared directions with noise of std 0.5: canonical correlation 1/sqrt(1.25) ≈ 0.894.
     assert cca.correlations[:2] == pytest.approx([0.894, 0.894], abs=0.03)
     assert cca.correlations[2:].max() < 0.1
+
+
+def test_euclidean_recall_ranks_by_distance_not_direction() -> None:
+    gallery = np.array([[10.0, 0.0], [0.9, 1.1]])  # far but same direction vs near but turned
+    labels = np.array([0, 1])
+    query, query_label = np.array([[1.0, 0.0]]), np.array([1])
+    assert recall_at_k(query, query_label, gallery, labels, ks=(1,))["R@1"] == 0.0  # cosine
+    euclid = recall_at_k(query, query_label, gallery, labels, ks=(1,), distance="euclidean")
+    assert euclid["R@1"] == 1.0
+    with pytest.raises(ConfigError, match="distance 'manhattan'"):
+        recall_at_k(query, query_label, gallery, labels, distance="manhattan")
+
+
+def test_pool_map_max_pools_two_by_two_and_clips_short_sides() -> None:
+    x = torch.arange(2 * 3 * 1 * 4 * 5, dtype=torch.float32).reshape(2, 3, 1, 4, 5)
+    pooled = pool_map(x)  # time 1 (window 1), height 4 -> 2, width 5 -> 2 (floor)
+    by_hand = x[:, :, :, :4, :4].reshape(2, 3, 1, 2, 2, 2, 2).amax(dim=(4, 6))
+    assert pooled.shape == (2, 3 * 1 * 2 * 2)
+    torch.testing.assert_close(pooled, by_hand.flatten(1))
+    audio = torch.randn(2, 4, 6, 3)  # (B, C, freq, time) map of the audio encoder
+    assert pool_map(audio).shape == (2, 4 * 3 * 1)
+
+
+def test_selavi_protocol_settings() -> None:
+    selavi = retrieval_protocol("selavi")
+    assert selavi.ks == (1, 5, 10, 20, 50) and selavi.distance == "euclidean"
+    assert selavi.modalities == ("video",) and not selavi.cross_modal
+    assert retrieval_protocol("xdc").ks == (1, 5, 10, 20)
+    with pytest.raises(ConfigError, match="--protocol 'avid'"):
+        retrieval_protocol("avid")

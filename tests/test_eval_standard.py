@@ -137,6 +137,66 @@ def test_retrieval_counts_an_unreadable_query_as_a_miss(
     assert a["n_pairs_test"] == 3 and a["unreadable_pair_queries"] == 1
 
 
+def test_selavi_recall_equals_a_recall_computed_by_hand(
+    tiny_run: Path, demo_manifest: Path
+) -> None:
+    """SeLaVi's protocol: the last stage's map (conv5) of each of 2 clips, max-pooled 2x2x2 and
+    flattened, L2 per clip, averaged per video; test videos query training videos by Euclidean
+    distance; a hit when one of the k nearest has the query's class."""
+    source = load_eval_encoders(str(tiny_run))
+    kwargs: dict[str, Any] = {"clips": 2, "progress": False, "batch_size": 4, "device": "cpu"}
+    result = evaluate_retrieval(source, read_manifest(demo_manifest), protocol="selavi", **kwargs)
+
+    manifest = read_manifest(demo_manifest)
+    encoder = load_eval_encoders(str(tiny_run)).encoders["video"].eval()
+    reader = EvalClips(manifest, source.config.data, ("video",), batch_size=4)
+    maps: list[torch.Tensor] = []
+    encoder.temporal.register_forward_hook(lambda _m, _i, out: maps.append(out))
+
+    def video_features(rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        maps.clear()
+        keys = fixed_keys(rows, 2)
+        with torch.no_grad():
+            for batch in reader.loader("video", keys):
+                encoder(batch["video"])
+        m = torch.cat(maps).numpy()  # (clips, C, T, H, W), H = W = 2 at 32x32
+        b, c, t, h, w = m.shape
+        pooled = m.reshape(b, c, t // 2, 2, h // 2, 2, w // 2, 2).max(axis=(3, 5, 7))
+        flat = pooled.reshape(b, -1)
+        flat = flat / np.linalg.norm(flat, axis=1, keepdims=True)
+        per_video = flat.reshape(len(rows), 2, -1).mean(axis=1)  # keys: row-major, 2 clips each
+        labels = np.array([manifest.label_names.index(manifest.rows[r]["label"]) for r in rows])
+        return per_video, labels
+
+    gallery, gallery_y = video_features(split_rows(manifest, "train"))
+    queries, query_y = video_features(split_rows(manifest, "test"))
+    distance = ((queries[:, None, :] - gallery[None, :, :]) ** 2).sum(-1)
+    ranked = gallery_y[np.argsort(distance, axis=1, kind="stable")]
+    by_hand = {f"R@{k}": float((ranked[:, :k] == query_y[:, None]).any(1).mean()) for k in
+               (1, 5, 10, 20, 50)}  # fmt: skip
+    assert result["video_to_video"] == pytest.approx(by_hand)
+    assert result["feature_dim"] == {"video": gallery.shape[1]}
+    assert "audio_to_audio" not in result and "audio_to_video" not in result
+    xdc = evaluate_retrieval(source, manifest, protocol="xdc", **kwargs)
+    assert xdc["feature_dim"]["video"] < gallery.shape[1]  # pooled output, not the pooled map
+
+
+def test_selavi_retrieval_counts_an_unreadable_query_as_a_miss(
+    tiny_run: Path, broken_and_without: tuple[Path, Path, str]
+) -> None:
+    with_broken, without, broken = broken_and_without
+    source = load_eval_encoders(str(tiny_run))
+    kwargs: dict[str, Any] = {"clips": 1, "progress": False, "batch_size": 4, "device": "cpu"}
+    a = evaluate_retrieval(source, read_manifest(with_broken), protocol="selavi", **kwargs)
+    b = evaluate_retrieval(source, read_manifest(without), protocol="selavi", **kwargs)
+    assert b["video_to_video"]["R@50"] == 1.0  # 50 > the 15 training videos
+    assert a["video_to_video"] == pytest.approx(
+        {k: v * 2 / 3 for k, v in b["video_to_video"].items()}
+    )
+    assert a["n_video_queries"] == 3 and a["unreadable_video_queries"] == 1
+    assert a["unreadable_test_videos"] == 1 and a["unreadable_test_paths"] == [broken]
+
+
 def test_audio_probe_counts_an_unreadable_recording_as_wrong(
     tiny_run: Path, broken_and_without: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
@@ -382,3 +442,29 @@ def test_cli_labels_the_statistics_and_the_unreadable_count(
     assert "unreadable test videos: 0 of 3, counted as wrong" in out
     result = json.loads((tmp_path / "linear_probe_video.json").read_text())
     assert result["bn_clips"] == 4 and result["bn_statistics"]["policy"] == "recalibrated"
+
+
+def test_cli_retrieval_protocols_write_their_settings(
+    tiny_run: Path, tmp_path: Path, capsys
+) -> None:
+    from tests.test_eval_cli import xdc_main
+
+    command = (
+        "retrieval --checkpoint {run} --protocol selavi --clips 1 --batch-size 4 --no-progress "
+        "--out-dir {out}"
+    )
+    assert xdc_main(command, run=tiny_run, out=tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "retrieval (selavi protocol)" in out and "R@50" in out
+    r = json.loads((tmp_path / "retrieval_selavi.json").read_text())
+    assert r["protocol"] == "selavi" and "Asano" in r["reference"]
+    assert r["ks"] == [1, 5, 10, 20, 50] and r["distance"] == "euclidean"
+    assert r["clips_per_video"] == 1 and r["normalisation"].startswith("L2 per clip")
+    data = load_eval_encoders(str(tiny_run)).config.data
+    assert r["frames_per_clip"] == data.num_frames and r["crop_size"] == data.crop_size
+    assert r["cross_modal"] == "none" and r["tasks"] == ["video_to_video"]
+    assert len(r["deviations"]) == 2 and "32-frame" in r["deviations"][0]
+    assert xdc_main(command.replace("selavi", "xdc"), run=tiny_run, out=tmp_path) == 0
+    r = json.loads((tmp_path / "retrieval.json").read_text())
+    assert r["protocol"] == "xdc" and r["reference"] == "xdc's own" and r["ks"] == [1, 5, 10, 20]
+    assert r["distance"] == "cosine" and r["cross_modal"].startswith("xdc's own: CCA")

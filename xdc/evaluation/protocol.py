@@ -11,9 +11,11 @@ set and counts as a wrong answer (retrieval: a miss). Every result says how many
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from torch import nn
 
 from xdc.data.manifest import Manifest
 from xdc.evaluation.encoders import EvalEncoders
@@ -25,6 +27,23 @@ from xdc.evaluation.extract import (
     unreadable_rows,
 )
 from xdc.features import ClipFeatures
+
+
+class WrappedExtractor(FeatureExtractor):
+    """A ``FeatureExtractor`` whose features are ``wrap(encoder)``'s output: the BatchNorm
+    statistics are those of the encoder itself (recomputed on it when they are), and ``wrap``
+    turns the encoder into the module a protocol reads its features from (e.g. a pooled
+    last-stage map instead of the encoder's pooled output)."""
+
+    def __init__(self, *args: Any, wrap: Callable[[nn.Module], nn.Module], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wrap = wrap
+        self._wrapped: dict[str, nn.Module] = {}
+
+    def calibrated(self, modality: str) -> nn.Module:
+        if modality not in self._wrapped:
+            self._wrapped[modality] = self.wrap(super().calibrated(modality)).eval()
+        return self._wrapped[modality]
 
 
 @dataclass
@@ -55,10 +74,12 @@ def extract_train_test(
     batch_size: int | None = None,
     min_train_classes: int = 1,
     bn_statistics: str = "auto",
+    wrap: Callable[[nn.Module], nn.Module] | None = None,
 ) -> TrainTest:
     """Features of the ``(train, test)`` splits of a protocol (flags ``--train-split`` /
     ``--test-split``): both must be labelled, the training one with ``min_train_classes`` classes;
-    BatchNorm statistics per ``bn_statistics``, recomputed (when they are) on the training rows."""
+    BatchNorm statistics per ``bn_statistics``, recomputed (when they are) on the training rows.
+    ``wrap``: what the features are read from (``WrappedExtractor``; None: the encoder's output)."""
     train_rows = split_rows(manifest, splits[0], "--train-split")
     test_rows = split_rows(manifest, splits[1], "--test-split")
     require_labels(manifest, train_rows, splits[0], "--train-split", min_train_classes)
@@ -67,8 +88,12 @@ def extract_train_test(
     reader = EvalClips(
         manifest, source.config.data, modalities, size, train_rows + test_rows, progress
     )
-    extractor = FeatureExtractor(
-        source, reader, train_rows, bn_clips, device, progress, bn_statistics
+    extractor = (
+        FeatureExtractor(source, reader, train_rows, bn_clips, device, progress, bn_statistics)
+        if wrap is None
+        else WrappedExtractor(
+            source, reader, train_rows, bn_clips, device, progress, bn_statistics, wrap=wrap
+        )
     )
     train = extractor.extract(train_rows, modalities, clips)
     test = extractor.extract(test_rows, modalities, clips)
