@@ -451,7 +451,9 @@ _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 @contextlib.contextmanager
-def _manifest_roots(data_roots: Sequence[str], allow_outside: bool, quiet: bool) -> Iterator[None]:
+def _manifest_roots(
+    data_roots: Sequence[str], allow_outside: bool, quiet: bool = False
+) -> Iterator[None]:
     """The command's ``--data-root`` / ``--allow-outside-root`` / ``--quiet`` as the environment
     variables the manifest reader and ``xdc.progress`` check (so DataLoader workers and
     torchrun's children see them too), restored afterwards."""
