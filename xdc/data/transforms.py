@@ -40,8 +40,9 @@ def crop_and_flip(
 
 
 def to_uint8_clip(frames: np.ndarray) -> Tensor:
-    """(T, H, W, 3) uint8 frames → (3, T, H, W) uint8 clip, the layout the encoders take."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).contiguous()
+    """(T, H, W, 3) uint8 frames → (3, T, H, W) uint8 clip, the layout the encoders take (one
+    copy, from any view of the frames)."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))
 
 
 _RGB_TO_YIQ = torch.tensor(
@@ -51,12 +52,20 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _LUMA = (0.299, 0.587, 0.114)
 
 
+_RGB_TO_YIQ_NP = _RGB_TO_YIQ.numpy()
+_YIQ_TO_RGB_NP = _YIQ_TO_RGB.numpy()
+
+
+def _hue_rotation_np(angle: float) -> np.ndarray:
+    cos, sin = math.cos(angle), math.sin(angle)
+    turn = np.array([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]])
+    return _YIQ_TO_RGB_NP @ turn @ _RGB_TO_YIQ_NP
+
+
 def hue_rotation(angle: float) -> Tensor:
     """(3, 3) float64 matrix that turns the hue of RGB colours by ``angle`` radians, keeping their
     luma (a rotation of the chroma plane of YIQ)."""
-    cos, sin = math.cos(angle), math.sin(angle)
-    turn = torch.tensor([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]], dtype=torch.float64)
-    return _YIQ_TO_RGB @ turn @ _RGB_TO_YIQ
+    return torch.from_numpy(_hue_rotation_np(angle))
 
 
 STRONG_AUGMENT_PARAMS = 19
@@ -88,9 +97,11 @@ def draw_strong_augment(rng: np.random.Generator, hue: bool = False) -> Tensor:
     contrast = rng.uniform(0.7, 1.3)
     saturation = rng.uniform(0.6, 1.4)
     grey = float(rng.random() < 0.1)
-    turn = hue_rotation(rng.uniform(-math.pi, math.pi)) if hue else torch.eye(3)
-    colour = [brightness, contrast, saturation, grey]
-    return torch.cat([torch.tensor(affine + colour), turn.flatten().float()]).float()
+    turn = _hue_rotation_np(rng.uniform(-math.pi, math.pi)) if hue else np.eye(3)
+    values = np.empty(STRONG_AUGMENT_PARAMS, dtype=np.float32)
+    values[:10] = affine + [brightness, contrast, saturation, grey]
+    values[10:] = turn.ravel()
+    return torch.from_numpy(values)
 
 
 def strong_augment_clips(clips: Tensor, params: Tensor, hue: bool = False) -> Tensor:
