@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -193,17 +194,11 @@ def run_extraction(
     if run.view_set is None:
         loader = run.loader(run.eval_set, fixed_keys(rows), contiguous=True)
         store = _feature_store(run, -(-len(rows) // dist.world_size()), encoders)
-        feats: ClipFeatures[Any]
-        if store is None:
-            feats = extract_features(
-                encoders, loader, run.device, progress=run.progress, total=len(loader),
-                desc="extract",
-            )  # fmt: skip
-        else:
-            feats = extract_to_store(
-                encoders, loader, store, run.device, progress=run.progress, total=len(loader),
-                desc="extract",
-            )  # fmt: skip
+        extract: Any = extract_features if store is None else partial(extract_to_store, store=store)
+        feats: ClipFeatures[Any] = extract(
+            encoders, loader, device=run.device, progress=run.progress, total=len(loader),
+            desc="extract",
+        )  # fmt: skip
         run.report_failures(feats.failures)
     else:
         feats = _averaged_views(encoders, rows, run, iteration)

@@ -610,12 +610,10 @@ class ThreeCropClips(ClipDataset):
     Each crop is the dataset's own centre crop of one ``long_side_windows`` window, so the clip
     pipeline (decoding, cache, resizing, whatever follows the crop) is the dataset's."""
 
-    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> Any:
+    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Tensor]:
         crop = super()._video
         views = [crop(w, rng) for w in long_side_windows(frames, self.config.crop_size)]
-        if isinstance(views[0], dict):
-            return {k: torch.stack([v[k] for v in views]) for k in views[0]}
-        return torch.stack(views)
+        return {k: torch.stack([v[k] for v in views]) for k in views[0]}
 
     def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:
         sample = super()._invalid(row, key, failures)
