@@ -70,6 +70,15 @@ def test_run_json_records_manifest_hash_split_and_world_size(
         assert manifest_hash(type(manifest)(manifest.root, changed)) != info["manifest_sha256"]
     extra = [{**r, "notes": "mine"} for r in rows]
     assert manifest_hash(type(manifest)(manifest.root, extra)) == info["manifest_sha256"]
+    # Empty segment columns are the whole files, as before; a segment changes what clips are.
+    unsegmented = [{**r, "start_sec": "", "end_sec": ""} for r in rows]
+    assert manifest_hash(type(manifest)(manifest.root, unsegmented)) == info["manifest_sha256"]
+    segmented = [dict(r) for r in unsegmented]
+    segmented[1]["start_sec"], segmented[1]["end_sec"] = "0.5", "1.5"
+    moved = [dict(r) for r in segmented]
+    moved[1]["end_sec"] = "1.75"
+    hashes = {manifest_hash(type(manifest)(manifest.root, m)) for m in (segmented, moved)}
+    assert len(hashes) == 2 and info["manifest_sha256"] not in hashes
 
 
 def test_other_manifest_content_is_refused_naming_old_new_and_the_flag(

@@ -38,18 +38,22 @@ def cmd_demo_data(
 
 
 def cmd_index(
-    source: str,
+    source: str | Sequence[str],
     output: str,
     splits_dir: str | None = None,
     split_number: int = 1,
     workers: int | None = None,
+    list_format: str | None = None,
+    videos: str | None = None,
+    class_labels: str | None = None,
 ) -> int:
-    """Probe every video of SOURCE into a manifest (and rejected.csv)."""
+    """Probe every video of SOURCE (folders or lists) into a manifest (and rejected.csv)."""
     from xdc.data.index import index_source
 
     result = index_source(
-        source, output, splits_dir=splits_dir, split_number=split_number, workers=workers
-    )
+        source, output, splits_dir=splits_dir, split_number=split_number, workers=workers,
+        list_format=list_format, videos=videos, class_labels=class_labels,
+    )  # fmt: skip
     inform(result.summary())
     return 0
 
@@ -229,9 +233,28 @@ def _add_demo_data(sub: Subcommands) -> None:
 
 
 def _add_index(sub: Subcommands) -> None:
-    p = sub.add_parser("index", help="probe video files into a manifest CSV")
+    p = sub.add_parser(
+        "index",
+        help="probe video files into a manifest CSV",
+        description="Probes every file of SOURCE into a manifest CSV (and rejected.csv, with a "
+        "reason per file left out). SOURCE: a folder (labels from parent folder names), a CSV "
+        "with a 'path' column, or a published list, its format detected or named with --format: "
+        "kinetics (label,youtube_id,time_start,time_end,split), audioset (the '# YTID, "
+        "start_seconds, end_seconds, positive_labels' segment lists; several labels per row, "
+        "joined by ';'; split 'test' for eval_segments.csv, 'train' for *train*), vggsound "
+        "(youtube_id,start_seconds,label,split), esc50 (meta/esc50.csv: label = category, fold "
+        "kept, group = src_file). A list's files are looked up under --videos by name: the "
+        "downloaded segment ({id}_{start:06d}_{end:06d}.mp4 and the like) or the full video "
+        "{id}.mp4, which then keeps the row's times in start_sec/end_sec: every clip of the "
+        "row stays inside them. Rows whose file is missing are counted and listed in "
+        "rejected.csv. Several SOURCEs make one manifest. A linear probe on a manifest with "
+        "multi-label rows is one-vs-rest and reports mAP.",
+    )
     p.add_argument(
-        "source", help="a folder (labels from parent folder names) or a CSV with a 'path' column"
+        "source",
+        nargs="+",
+        help="folders or CSV lists (a 'path' column, or a Kinetics, AudioSet, VGGSound or ESC-50 "
+        "list)",
     )
     p.add_argument(
         "-o", "--output", required=True, help="manifest CSV to write (rejected.csv goes next to it)"
@@ -243,8 +266,36 @@ def _add_index(sub: Subcommands) -> None:
         "--split-number", type=int, default=1, help="official split that fills 'split' (1-3)"
     )
     p.add_argument("--workers", type=int, default=None, help="probe processes (default: all cores)")
+    p.add_argument(
+        "--format",
+        dest="list_format",
+        choices=("paths", "kinetics", "audioset", "vggsound", "esc50"),
+        default=None,
+        help="the lists' format (default: detected from each file's first lines)",
+    )
+    p.add_argument(
+        "--videos",
+        default=None,
+        help="folder holding a list's files, searched recursively (default: the list's folder; "
+        "ESC-50: its audio/ folder)",
+    )
+    p.add_argument(
+        "--class-labels",
+        default=None,
+        help="AudioSet's class_labels_indices.csv, to name labels (default: the one next to the "
+        "list, if any; else labels stay MIDs)",
+    )
     p.set_defaults(
-        run=lambda a: cmd_index(a.source, a.output, a.splits_dir, a.split_number, a.workers)
+        run=lambda a: cmd_index(
+            a.source,
+            a.output,
+            a.splits_dir,
+            a.split_number,
+            a.workers,
+            a.list_format,
+            a.videos,
+            a.class_labels,
+        )  # fmt: skip
     )
 
 

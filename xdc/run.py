@@ -23,7 +23,7 @@ from xdc import atomic, optim
 from xdc import distributed as dist
 from xdc.config import PretrainConfig, cluster_k, config_diff, config_from_dict
 from xdc.data.datasets import ClipDataset, ClipKey, DeviceBatches, device_loader
-from xdc.data.manifest import MANIFEST_COLUMNS, Manifest, read_manifest
+from xdc.data.manifest import MANIFEST_COLUMNS, SEGMENT_COLUMNS, Manifest, read_manifest
 from xdc.errors import ConfigError, DataError
 from xdc.methods import LABELS, MODALITIES, Method, get_method
 from xdc.progress import inform
@@ -276,10 +276,15 @@ def create_run_folder(out: Path, config: PretrainConfig) -> None:
 def manifest_hash(manifest: Manifest) -> str:
     """SHA-256 of what a run's pseudo-labels and clips depend on: the rows (in order) and their
     standard columns — path as written (relative paths survive a move of the data folder), label,
-    split, duration, streams, sizes — and the label mapping. Extra columns do not count."""
+    split, duration, streams, sizes, and the segment when the manifest has segment columns — and
+    the label mapping. Other extra columns do not count (a manifest without segments hashes as
+    before they existed)."""
+    columns = list(MANIFEST_COLUMNS)
+    if any(row.get(c) for row in manifest.rows for c in SEGMENT_COLUMNS):
+        columns += SEGMENT_COLUMNS
     content = {
-        "columns": list(MANIFEST_COLUMNS),
-        "rows": [[row.get(c, "") for c in MANIFEST_COLUMNS] for row in manifest.rows],
+        "columns": columns,
+        "rows": [[row.get(c, "") for c in columns] for row in manifest.rows],
         "label_names": list(manifest.label_names),
     }
     return hashlib.sha256(json.dumps(content, separators=(",", ":")).encode("utf-8")).hexdigest()

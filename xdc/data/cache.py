@@ -12,6 +12,9 @@ Only what the spec asks for and the file has is held: no frames for an audio-onl
 decoded without their frames), no audio without ``audio_samples`` or without an audio track.
 One cache can serve datasets whose specs differ (``clip(row, start, spec)``): a video dataset and
 an audio one over the same rows.
+
+A row with a segment (``Manifest.segment``: 10 s of a longer video) caches that segment only —
+its frames and its audio — and its clips stay inside it by ``decode_clip``'s segment rules.
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ FRAME_TIME_EPS_SEC = 1e-3  # as in decode_clip: absorbs millisecond rounding of 
 
 @dataclass
 class CachedVideo:
-    frames: np.ndarray | None  # (N, H, W, 3) uint8, every source frame; None: not cached
+    frames: np.ndarray | None  # (N, H, W, 3) uint8, every source frame shown; None: not cached
     times: np.ndarray  # (N,) float64, presentation time of each frame
-    audio: np.ndarray | None  # (S,) float32 mono at the spec's sample rate, from t = 0
-    duration: float
+    audio: np.ndarray | None  # (S,) float32 mono at the spec's sample rate, from audio_first
+    end: float  # clips come from [first, end): the file's duration, or the segment's end
     path: str = ""
+    first: float = 0.0  # the segment's start (0: the whole file)
+    audio_first: int = 0  # sample index (on the spec's rate grid) of audio[0]
 
 
 class ClipCache:
@@ -93,20 +98,29 @@ class ClipCache:
         return int(frames * width * height * scale * scale * 3 + audio)
 
     def _decode_whole(self, manifest: Manifest, row: int) -> CachedVideo:
+        """The row's whole file, or only its segment (frames shown in it, its audio)."""
         path = manifest.path(row)
-        duration = manifest.duration(row)
+        duration, segment = manifest.file_duration(row), manifest.segment(row)
+        first, end = segment or (0.0, duration)
+        rate = self.spec.sample_rate
         want_video, want_audio = self._wants(manifest, row)
-        audio_samples = int(math.ceil(duration * self.spec.sample_rate)) + 1
+        if segment is None:
+            audio_first, audio_samples = 0, int(math.ceil(duration * rate)) + 1
+        else:  # exactly the samples decode_clip keeps of the segment
+            audio_first = round(first * rate)
+            audio_samples = max(1, round(end * rate) - audio_first)
         if not want_video:
-            return self._decode_whole_audio(str(path), duration, audio_samples)
+            return self._decode_whole_audio(
+                str(path), duration, segment, audio_first, audio_samples
+            )
         fps = float(manifest.rows[row].get("fps") or 0.0)
-        if duration <= 0 or fps <= 0:
+        if duration <= 0 or fps <= 0 or end <= first:
             raise DecodeError(
                 str(path), "duration or fps unknown in the manifest; re-run xdc index"
             )
-        # Ask for frames at twice the nominal rate over the whole file: every source frame is then
-        # picked at least once (also for variable frame rates up to 2× the nominal rate).
-        n = int(math.ceil(duration * fps * 2)) + 2
+        # Ask for frames at twice the nominal rate over the whole file (segment): every source
+        # frame is then picked at least once (also for variable frame rates up to 2× nominal).
+        n = int(math.ceil((end - first) * fps * 2)) + 2
         whole = replace(
             self.spec,
             num_frames=n,
@@ -115,25 +129,36 @@ class ClipCache:
             audio_align="start",
             overflow="pad",
         )
-        clip = decode_clip(path, 0.0, whole, duration_sec=duration)
+        clip = decode_clip(path, first, whole, duration_sec=duration, segment=segment)
         keep = np.concatenate([[True], np.diff(clip.frame_times) > 0])
         return CachedVideo(
             frames=np.ascontiguousarray(clip.frames[keep]),
             times=clip.frame_times[keep].copy(),
             audio=clip.audio,
-            duration=duration,
+            end=end,
             path=str(path),
+            first=first,
+            audio_first=audio_first,
         )
 
-    def _decode_whole_audio(self, path: str, duration: float, audio_samples: int) -> CachedVideo:
-        """The whole audio track, no frames (an audio-only file, or an audio-only spec)."""
+    def _decode_whole_audio(
+        self,
+        path: str,
+        duration: float,
+        segment: tuple[float, float] | None,
+        audio_first: int,
+        audio_samples: int,
+    ) -> CachedVideo:
+        """The whole audio track (or the segment's), no frames (an audio-only file, or an
+        audio-only spec)."""
         if duration <= 0:
             raise DecodeError(path, "duration unknown in the manifest; re-run xdc index")
+        first, end = segment or (0.0, duration)
         whole = replace(
             self.spec, decode_video=False, num_frames=0, audio_samples=audio_samples
-        )  # num_frames=0: the span is the window, which then starts at 0 whatever the alignment
-        clip = decode_clip(path, 0.0, whole, duration_sec=duration)
-        return CachedVideo(None, np.zeros(0), clip.audio, duration, path)
+        )  # num_frames=0: the span is the window, which then starts at `first` whatever the alignment
+        clip = decode_clip(path, first, whole, duration_sec=duration, segment=segment)
+        return CachedVideo(None, np.zeros(0), clip.audio, end, path, first, audio_first)
 
     def __contains__(self, row: int) -> bool:
         return row in self.videos or row in self.failed
@@ -148,16 +173,19 @@ class ClipCache:
         video = self.videos[row]
         spec = spec or self.spec
         span = clip_duration(spec)
-        start = max(0.0, start_sec)
-        if start >= video.duration:  # as decode_clip: a start past the end is moved to fit
-            start = max(0.0, video.duration - span)
+        first, end = video.first, video.end
+        start = max(first, start_sec)
+        if start >= end:  # as decode_clip: a start past the end is moved to fit
+            start = max(first, end - span)
         frames, frame_times = np.zeros((0, 0, 0, 3), np.uint8), np.zeros(0)
         if spec.decode_video:
             if video.frames is None:
                 raise DecodeError(video.path, "no video stream (audio-only row or cache)")
+            # Past the end, 'pad' takes the last cached frame: the last one shown before `end`.
             times = start + np.arange(spec.num_frames) / spec.fps
             if spec.overflow == "loop":
-                times = np.mod(times + FRAME_TIME_EPS_SEC, video.duration) - FRAME_TIME_EPS_SEC
+                eps = FRAME_TIME_EPS_SEC
+                times = first + np.mod(times - first + eps, end - first) - eps
             index = np.searchsorted(video.times, times + FRAME_TIME_EPS_SEC, side="right") - 1
             index = np.clip(index, 0, len(video.times) - 1)
             frames, frame_times = video.frames[index], video.times[index]
@@ -175,9 +203,10 @@ class ClipCache:
         rate = spec.sample_rate
         ideal = start + span / 2 - n / (2 * rate) if spec.audio_align == "center" else start
         first = int(round(ideal * rate))
+        offset = first - video.audio_first  # the window's first sample, as an index of the track
         out = np.zeros(n, dtype=np.float32)
         track = video.audio if video.audio is not None else np.zeros(0, np.float32)
-        lo, hi = max(0, first), min(len(track), first + n)
+        lo, hi = max(0, offset), min(len(track), offset + n)
         if hi > lo:
-            out[lo - first : hi - first] = track[lo:hi]
+            out[lo - offset : hi - offset] = track[lo:hi]
         return out, first / rate

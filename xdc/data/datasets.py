@@ -188,11 +188,15 @@ class ClipDataset(Dataset[dict[str, Any]]):
         return self.cache
 
     def clip_start(self, row: int, key: ClipKey, rng: np.random.Generator) -> float:
-        """Random start (training: temporal jittering) or the centre of the key's fixed clip."""
+        """Random start (training: temporal jittering) or the centre of the key's fixed clip,
+        inside the row's segment when it has one (``Manifest.segment``); a segment or file
+        shorter than a clip starts at its beginning (``data.overflow`` fills the rest)."""
+        segment = self.manifest.segment(row)
+        first = segment[0] if segment is not None else 0.0
         span = max(0.0, self.manifest.duration(row) - clip_duration(self.spec_for(row)))
         if key.clip < 0:
-            return float(rng.uniform(0.0, span)) if span > 0 else 0.0
-        return span * (key.clip + 0.5) / max(1, key.num_clips)
+            return first + (float(rng.uniform(0.0, span)) if span > 0 else 0.0)
+        return first + span * (key.clip + 0.5) / max(1, key.num_clips)
 
     def __getitem__(self, key: ClipKey | int) -> dict[str, Any]:
         """The clip of ``key``: a pure function of the key (and of the files), whatever process
@@ -246,7 +250,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         if self.cache is not None and row in self.cache:
             clip = self.cache.clip(row, start, spec)
         else:
-            clip = decode_clip(path, start, spec, duration_sec=self.manifest.duration(row) or None)
+            duration, segment = self.manifest.file_duration(row), self.manifest.segment(row)
+            clip = decode_clip(path, start, spec, duration_sec=duration or None, segment=segment)
         sample: dict[str, Any] = {
             "index": row,
             "label": self.manifest.label(row),

@@ -27,6 +27,11 @@ Time conventions (all in seconds, on the file's presentation timeline):
   clip), taken before resampling.
 - Times are the file's own timestamps: for the rare file whose timeline does not start at 0
   (some MPEG-TS), ``start_sec`` is on that timeline too.
+- A segment (``decode_clip(..., segment=(lo, hi))``: a row of a Kinetics or AudioSet list, 10 s of
+  a longer video) plays the part of the whole video: the start is clamped into ``[lo, hi)`` by the
+  rules above (``lo`` for 0, ``hi`` for the end), ``pad`` repeats the last frame shown before
+  ``hi``, ``loop`` wraps to ``lo``, and audio outside ``[lo, hi)`` (on the sample grid:
+  ``round(lo * rate)`` to ``round(hi * rate)``) is zero. Nothing outside the segment reaches the clip.
 - Audio only (``ClipSpec.decode_video=False``): no video stream is needed and no frame is decoded;
   the audio window is placed by the same rules. With ``num_frames=0`` the clip's span is the audio
   window itself (audio-only files: the window starts at ``start_sec``, whatever the alignment).
@@ -187,7 +192,11 @@ def video_duration(path: str | Path) -> float:
 
 
 def decode_clip(
-    path: str | Path, start_sec: float, spec: ClipSpec, duration_sec: float | None = None
+    path: str | Path,
+    start_sec: float,
+    spec: ClipSpec,
+    duration_sec: float | None = None,
+    segment: tuple[float, float] | None = None,
 ) -> Clip:
     """Decode the clip of ``spec`` that starts at ``start_sec`` (one open, at most one seek).
 
@@ -197,6 +206,8 @@ def decode_clip(
         start_sec: requested clip start; clamped as described in the module docstring.
         spec: frames, rate, size and audio window.
         duration_sec: the video duration when known (manifest); otherwise read from the header.
+        segment: ``(start, end)`` seconds of the file the clip must stay inside (see the module
+            docstring); None: the whole file.
 
     Returns:
         The clip; ``frames`` (T, H, W, 3) uint8, ``audio`` (audio_samples,) float32 or None.
@@ -216,7 +227,9 @@ def decode_clip(
         raise DecodeError(path, f"unexpected error while opening: {_describe(error)}") from error
     try:
         with container:
-            return _decode_from_container(container, path, float(start_sec), spec, duration_sec)
+            return _decode_from_container(
+                container, path, float(start_sec), spec, duration_sec, segment
+            )
     except _AV_ERRORS as error:
         raise DecodeError(path, f"decoding failed: {_describe(error)}") from error
     except XdcError:
@@ -295,18 +308,53 @@ def _sane(duration: float | None) -> float | None:
     return duration
 
 
-def _clamp_start(start_sec: float, duration: float | None, clip_sec: float) -> float:
-    start = max(0.0, start_sec)
-    if duration is not None and start >= duration:
-        start = max(0.0, duration - clip_sec)
+def _cut_segment(
+    path: str, segment: tuple[float, float] | None, duration: float | None
+) -> tuple[float, float] | None:
+    """``segment`` with its end cut at the file's ``duration`` (when known); raises when nothing
+    of it lies in the file."""
+    if segment is None:
+        return None
+    lo, hi = float(segment[0]), float(segment[1])
+    hi = hi if duration is None else min(hi, duration)
+    if not 0 <= lo < hi:
+        raise DecodeError(
+            path,
+            f"segment [{segment[0]:g}, {segment[1]:g}] s lies outside the file"
+            + (f" ({duration:.3f} s long)" if duration is not None else ""),
+        )
+    return lo, hi
+
+
+def _clamp_start(start_sec: float, lo: float, hi: float | None, clip_sec: float) -> float:
+    start = max(lo, start_sec)
+    if hi is not None and start >= hi:
+        start = max(lo, hi - clip_sec)
     return start
 
 
+def _mask_outside(
+    audio: np.ndarray, first_sample: int, segment: tuple[float, float] | None, rate: int
+) -> np.ndarray:
+    """``audio`` (its first sample at ``first_sample``) with the samples outside ``segment``
+    zeroed (none without a segment)."""
+    if segment is not None:
+        lo, hi = round(segment[0] * rate) - first_sample, round(segment[1] * rate) - first_sample
+        audio[: max(0, min(lo, len(audio)))] = 0.0
+        audio[max(0, hi) :] = 0.0
+    return audio
+
+
 def _decode_from_container(
-    container: Any, path: str, start_sec: float, spec: ClipSpec, duration_sec: float | None
+    container: Any,
+    path: str,
+    start_sec: float,
+    spec: ClipSpec,
+    duration_sec: float | None,
+    segment: tuple[float, float] | None = None,
 ) -> Clip:
     if not spec.decode_video:
-        return decode_audio_only(container, path, start_sec, spec, duration_sec)
+        return decode_audio_only(container, path, start_sec, spec, duration_sec, segment)
     vstream = _decodable(path, _video_stream(container, path))
     astream = None
     if spec.audio_samples is not None:
@@ -315,9 +363,11 @@ def _decode_from_container(
         astream = _decodable(path, container.streams.audio[0])
     vstream.codec_context.thread_count = VIDEO_DECODER_THREADS
     duration = _sane(duration_sec) or _declared_video_duration(container, vstream)
+    segment = _cut_segment(path, segment, duration)
+    lo, hi = segment or (0.0, duration)
 
-    start = _clamp_start(start_sec, duration, clip_duration(spec))
-    lookup_times = _lookup_times(path, start, spec, duration)
+    start = _clamp_start(start_sec, lo, hi, clip_duration(spec))
+    lookup_times = _lookup_times(path, start, spec, lo, hi, bounded=segment is not None)
     picker = _FramePicker(path, lookup_times, spec.resize_short)
     audio_window = None
     earliest = float(lookup_times.min())
@@ -336,7 +386,11 @@ def _decode_from_container(
         frames=frames,
         frame_times=frame_times,
         start_sec=start,
-        audio=None if audio_window is None else audio_window.result(),
+        audio=None
+        if audio_window is None
+        else _mask_outside(
+            audio_window.result(), audio_window.start_sample, segment, spec.sample_rate
+        ),
         audio_start_sec=(
             start if audio_window is None else audio_window.start_sample / spec.sample_rate
         ),
@@ -344,7 +398,12 @@ def _decode_from_container(
 
 
 def decode_audio_only(
-    container: Any, path: str, start_sec: float, spec: ClipSpec, duration_sec: float | None
+    container: Any,
+    path: str,
+    start_sec: float,
+    spec: ClipSpec,
+    duration_sec: float | None,
+    segment: tuple[float, float] | None = None,
 ) -> Clip:
     """The audio window of the clip starting at ``start_sec`` (one seek, audio packets only).
 
@@ -365,7 +424,9 @@ def decode_audio_only(
         raise DecodeError(path, "no audio stream")
     astream = _decodable(path, container.streams.audio[0])
     duration = _sane(duration_sec) or _declared_duration(container, astream)
-    start = _clamp_start(start_sec, duration, clip_duration(spec))
+    segment = _cut_segment(path, segment, duration)
+    lo, hi = segment or (0.0, duration)
+    start = _clamp_start(start_sec, lo, hi, clip_duration(spec))
     window = _audio_window(path, astream, start, spec)
     readable = _ReadableAudio()
     seek_sec = window.start_sample / spec.sample_rate - SEEK_MARGIN_SEC
@@ -381,7 +442,7 @@ def decode_audio_only(
         frames=np.zeros((0, 0, 0, 3), dtype=np.uint8),
         frame_times=np.zeros(0, dtype=np.float64),
         start_sec=start,
-        audio=window.result(),
+        audio=_mask_outside(window.result(), window.start_sample, segment, spec.sample_rate),
         audio_start_sec=window.start_sample / spec.sample_rate,
     )
 
@@ -398,19 +459,24 @@ def _declared_duration(container: Any, astream: Any) -> float | None:
     return None
 
 
-def _lookup_times(path: str, start: float, spec: ClipSpec, duration: float | None) -> np.ndarray:
-    """(T,) times whose displayed frames form the clip: ``start + i / fps``, wrapped for 'loop'."""
+def _lookup_times(
+    path: str, start: float, spec: ClipSpec, lo: float, hi: float | None, bounded: bool = False
+) -> np.ndarray:
+    """(T,) times whose displayed frames form the clip: ``start + i / fps``, wrapped for 'loop'
+    into ``[lo, hi)``; ``bounded`` (a segment) and 'pad': held just before ``hi``."""
     target_times = start + np.arange(spec.num_frames, dtype=np.float64) / spec.fps
+    eps = FRAME_TIME_EPS_SEC
     if spec.overflow != "loop":
+        if bounded and hi is not None:  # the frame shown last before the segment's end
+            return np.minimum(target_times, max(lo, hi - 2 * eps))
         return target_times
-    if duration is None:
+    if hi is None:
         raise DecodeError(path, "unknown duration: overflow='loop' needs duration_sec")
     # Wrap with the tolerance of the frame lookup, so that a time a hair below a multiple of the
     # duration (float error) maps to the first frame, as the exact time would.
-    eps = FRAME_TIME_EPS_SEC
-    if target_times[-1] + eps < duration:
+    if target_times[-1] + eps < hi:
         return target_times  # no wrap: seek near the clip, not to 0
-    return np.mod(target_times + eps, duration) - eps
+    return lo + np.mod(target_times - lo + eps, hi - lo) - eps
 
 
 def _check_frames_found(

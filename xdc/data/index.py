@@ -1,7 +1,12 @@
-"""Index video files into a manifest: ``xdc index SOURCE -o manifest.csv``.
+"""Index video files into a manifest: ``xdc index SOURCE [SOURCE ...] -o manifest.csv``.
 
 SOURCE is a folder (scanned recursively; label = the parent folder's name, the UCF101/ImageFolder
-convention) or a CSV with a ``path`` column (``label``, ``split`` and any other column are kept).
+convention), a CSV with a ``path`` column (``label``, ``split`` and any other column are kept), or
+a published list — Kinetics, AudioSet, VGGSound, ESC-50 — read by ``xdc.data.adapters`` (format
+detected or ``--format``; files found under ``--videos``). Several sources go into one manifest
+(AudioSet's train and eval lists). A row that is a part of a longer file keeps its segment in
+``start_sec``/``end_sec`` (``xdc.data.manifest``); a segment that does not lie in its file is
+rejected (``bad segment``), as is a list row whose times are not numbers (``bad row``).
 Every file is probed (``xdc.data.probe.probe_file``: open, read the stream info, decode the first
 video frame, check that the video data reaches the declared end) in a process pool. Usable files go
 to the manifest; the others go to ``rejected.csv`` next to it with one reason of
@@ -35,15 +40,24 @@ import json
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from xdc import atomic
+from xdc.data.adapters import (
+    AUDIO_EXTENSIONS,
+    CUT_TOLERANCE_SEC,
+    MEDIA_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    ListedSource,
+    SourceEntry,
+    read_list,
+)
 from xdc.data.manifest import (
-    MANIFEST_COLUMNS,
-    decode_path,
+    SEGMENT_COLUMNS,
     encode_path,
+    segment_problem,
     text_cell,
     write_manifest,
 )
@@ -63,6 +77,7 @@ from xdc.progress import track
 __all__ = [
     "REJECTION_REASONS",
     "AUDIO_EXTENSIONS",
+    "BAD_SEGMENT",
     "VIDEO_EXTENSIONS",
     "IndexResult",
     "ProbeResult",
@@ -71,33 +86,11 @@ __all__ = [
     "probe_file",
     "read_official_splits",
     "read_source",
+    "read_sources",
 ]
 
-VIDEO_EXTENSIONS: frozenset[str] = frozenset(
-    [
-        ".mp4",
-        ".mkv",
-        ".webm",
-        ".avi",
-        ".mov",
-        ".m4v",
-        ".mpg",
-        ".mpeg",
-        ".flv",
-        ".ogv",
-        ".3gp",
-        ".ts",
-        ".wmv",
-    ]
-)
-"""Video suffixes (lower case, with the dot) that a folder scan picks up."""
-
-AUDIO_EXTENSIONS: frozenset[str] = frozenset(
-    [".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".aif", ".aiff"]
-)
-"""Audio-only suffixes that a folder scan picks up too (audio-only rows: ``has_video`` 0)."""
-
-_MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
+BAD_SEGMENT = "bad segment"
+"""Rejection reason of a row whose ``start_sec``/``end_sec`` do not name a part of its file."""
 # 2: probes record has_video (version 1 entries predate audio-only files and are probed again).
 _CACHE_VERSION = 2
 
@@ -106,27 +99,49 @@ _CACHE_VERSION = 2
 # Sources: a folder of videos or a CSV listing them.
 
 
-@dataclass
-class SourceEntry:
-    """One video to index: its absolute path and the columns the source gave it."""
+def read_source(
+    source: Path,
+    list_format: str | None = None,
+    videos: str | Path | None = None,
+    class_labels: str | Path | None = None,
+) -> tuple[list[SourceEntry], list[str]]:
+    """(entries, extra column names) of a folder or a list (``read_sources`` has the rest)."""
+    listed = read_sources([source], list_format, videos, class_labels)
+    return listed.entries, listed.extras
 
-    path: str  # empty when the CSV row has none
-    columns: dict[str, str]  # label, split and the CSV's other columns
-    problem: str = ""  # why a CSV row names no file
 
-
-def read_source(source: Path) -> tuple[list[SourceEntry], list[str]]:
-    """(entries, extra column names) of a folder or a CSV source."""
-    if source.is_dir():
-        return _scan_folder(source), []
-    if source.is_file() and source.suffix.lower() == ".csv":
-        return _read_source_csv(source)
-    if source.exists():
-        raise DataError(
-            f"{source}: not a folder or a .csv file; pass a folder of videos or a CSV "
-            "with a 'path' column"
-        )
-    raise DataError(f"{source}: not found; pass a folder of videos or a CSV with a 'path' column")
+def read_sources(
+    sources: list[Path],
+    list_format: str | None = None,
+    videos: str | Path | None = None,
+    class_labels: str | Path | None = None,
+) -> ListedSource:
+    """The rows of every source in turn (folders, or lists read by ``xdc.data.adapters.read_list``
+    with ``list_format``, ``videos`` and ``class_labels``), their extra columns in order."""
+    entries: list[SourceEntry] = []
+    extras: list[str] = []
+    notes: list[str] = []
+    formats = []
+    for source in sources:
+        if source.is_dir():
+            entries += _scan_folder(source)
+            formats.append("folder")
+            continue
+        if not source.exists():
+            raise DataError(
+                f"{source}: not found; pass a folder of videos or a CSV with a 'path' column"
+            )
+        if not source.is_file() or source.suffix.lower() != ".csv":
+            raise DataError(
+                f"{source}: not a folder or a .csv file; pass a folder of videos or a CSV "
+                "with a 'path' column"
+            )
+        listed = read_list(source, list_format, videos, class_labels)
+        entries += listed.entries
+        extras += [c for c in listed.extras if c not in extras]
+        notes += listed.notes
+        formats.append(listed.format)
+    return ListedSource(entries, extras, "+".join(dict.fromkeys(formats)), notes)
 
 
 def _scan_folder(source: Path) -> list[SourceEntry]:
@@ -137,44 +152,11 @@ def _scan_folder(source: Path) -> list[SourceEntry]:
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         label = "" if folder == root else text_cell(os.path.basename(folder))
         for name in sorted(files):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in _MEDIA_EXTENSIONS:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in MEDIA_EXTENSIONS:
                 entries.append(
                     SourceEntry(os.path.join(folder, name), {"label": label, "split": ""})
                 )
     return entries
-
-
-def _read_source_csv(source: Path) -> tuple[list[SourceEntry], list[str]]:
-    try:
-        with source.open(newline="", encoding="utf-8-sig") as fh:  # -sig: spreadsheets add a BOM
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            if "path" not in columns:
-                raise DataError(
-                    f"{source}: no 'path' column (columns: {columns}); add a header row "
-                    "with a 'path' column of video paths, relative to the CSV's folder"
-                )
-            # Cells beyond the header (key None) belong to no column: drop them.
-            rows = [
-                {k.strip(): (v or "").strip() for k, v in r.items() if k is not None}
-                for r in reader
-            ]
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise DataError(
-            f"{source}: not a readable CSV ({error}); save it as UTF-8 CSV (a path that is not "
-            "UTF-8 can be written as file: followed by the path with %XX escapes)"
-        ) from None
-    extras = [c for c in columns if c not in MANIFEST_COLUMNS]
-    folder = source.parent.absolute()
-    entries = []
-    for line, row in enumerate(rows, 2):
-        # the manifest's form (file: + %XX escapes) names any path; a plain cell is itself
-        path = Path(decode_path(row["path"])).expanduser() if row.get("path") else None
-        absolute = os.path.abspath(folder / path) if path else ""
-        kept = {c: row.get(c, "") for c in ("label", "split", *extras)}
-        problem = "" if path else f"line {line} of {source} has an empty 'path'"
-        entries.append(SourceEntry(absolute, kept, problem))
-    return entries, extras
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,32 +321,54 @@ class IndexResult:
 
 
 def index_source(
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     output: str | Path,
     splits_dir: str | Path | None = None,
     split_number: int = 1,
     workers: int | None = None,
     progress: bool = True,
+    list_format: str | None = None,
+    videos: str | Path | None = None,
+    class_labels: str | Path | None = None,
 ) -> IndexResult:
     """Probe every video of ``source`` and write the manifest ``output`` and ``rejected.csv``.
 
     Args:
-        source: a folder of videos (label = parent folder name) or a CSV with a ``path`` column.
+        source: a folder of videos (label = parent folder name), a CSV with a ``path`` column,
+            a Kinetics, AudioSet, VGGSound or ESC-50 list (``xdc.data.adapters``), or several
+            of these (one manifest of all their rows).
         output: the manifest to write; ``rejected.csv`` and the probe cache go next to it.
         splits_dir: a folder of UCF101 or HMDB51 split files (see ``read_official_splits``).
         split_number: which official split fills the ``split`` column.
         workers: probing processes (default ``os.cpu_count()``; 1 probes in this process).
         progress: show a progress bar.
+        list_format: the lists' format (``--format``; None: detected from each file).
+        videos: the folder holding a published list's files (``--videos``; default: the list's).
+        class_labels: AudioSet's ``class_labels_indices.csv`` (default: next to the list).
     """
-    source, output = Path(source), Path(output)
-    entries, extra_columns = read_source(source)
+    sources = (
+        [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(s) for s in source]
+    )
+    output = Path(output)
+    listed = read_sources(sources, list_format, videos, class_labels)
+    entries, extra_columns = listed.entries, listed.extras
     official = None if splits_dir is None else load_official_splits(splits_dir, split_number)
     _check_writable(output)
     cache = _ProbeCache(Path(f"{output}.probe-cache.json"))
     paths = [e.path for e in entries if e.path]
     results, reused = _probe_all(paths, cache, workers or os.cpu_count() or 1, progress)
-    kept, kept_paths, rejected = _sort_rows(entries, results, os.path.abspath(output.parent))
-    notes = [cache.note] if cache.note else []
+    kept, kept_paths, rejected, cut = _sort_rows(entries, results, os.path.abspath(output.parent))
+    notes = ([cache.note] if cache.note else []) + listed.notes
+    segments = sum(1 for row in kept if row.get("start_sec") or row.get("end_sec"))
+    if segments:
+        notes.append(f"{segments} rows are segments of longer files (start_sec, end_sec)")
+    if cut:
+        notes.append(
+            f"{cut} files named by the video's id are no longer than their segment: taken as the "
+            "downloaded segment itself (whole file)"
+        )
+    if listed.format not in ("folder", "paths") and not segments:  # no column of empty cells
+        extra_columns = [c for c in extra_columns if c not in SEGMENT_COLUMNS]
     if official is not None:
         split_columns, note = apply_official_splits(kept, kept_paths, official, split_number, paths)
         extra_columns = [c for c in extra_columns if c not in split_columns] + split_columns
@@ -395,20 +399,44 @@ def _sort_rows(
     entries: list[SourceEntry],
     results: dict[str, tuple[ProbeResult, os.stat_result | None]],
     root: str,
-) -> tuple[list[dict[str, object]], list[str], list[dict[str, object]]]:
-    """(manifest rows, their absolute paths, rejected rows), in the source's order."""
+) -> tuple[list[dict[str, object]], list[str], list[dict[str, object]], int]:
+    """(manifest rows, their absolute paths, rejected rows, rows whose full-video file was the
+    segment itself), in the source's order."""
     kept: list[dict[str, object]] = []
     kept_paths: list[str] = []
     rejected: list[dict[str, object]] = []
+    cut = 0
     for entry in entries:
-        result = results[entry.path][0] if entry.path else ProbeResult("", MISSING, entry.problem)
+        if entry.path:
+            result = results[entry.path][0]
+        else:
+            result = ProbeResult("", entry.reason or MISSING, entry.problem)
         shown = encode_path(_manifest_path(entry.path, root)) if entry.path else ""
+        columns = dict(entry.columns)
         if result.ok:
-            kept.append({**entry.columns, "path": shown, **result.columns()})
+            problem, is_cut = _place_segment(entry, columns, result.duration_sec)
+            if problem:
+                result = ProbeResult(entry.path, BAD_SEGMENT, problem)
+            cut += is_cut
+        if result.ok:
+            kept.append({**columns, "path": shown, **result.columns()})
             kept_paths.append(entry.path)
         else:
             rejected.append({"path": shown, "reason": result.reason, "detail": result.detail})
-    return kept, kept_paths, rejected
+    return kept, kept_paths, rejected, cut
+
+
+def _place_segment(
+    entry: SourceEntry, columns: dict[str, str], duration: float
+) -> tuple[str, bool]:
+    """(why the row's segment is unusable or "", whether its file is the segment itself, in
+    which case ``columns`` loses the segment: see ``xdc.data.adapters``)."""
+    start, end = columns.get("start_sec", ""), columns.get("end_sec", "")
+    # cut_if_short: a row of a published list, whose times the adapter has read as numbers
+    if entry.cut_if_short and duration <= float(end) - float(start) + CUT_TOLERANCE_SEC:
+        columns["start_sec"] = columns["end_sec"] = ""
+        return "", True
+    return segment_problem(start, end, duration), False
 
 
 def _check_writable(output: Path) -> None:

@@ -1,11 +1,25 @@
 """The manifest: a plain CSV a person can read and edit, one row per video.
 
 Columns: ``path`` (relative to the manifest's folder, or absolute), ``label``
-(class name, empty when unknown), ``split`` (``train``/``test``/…, may be empty), ``duration_sec``,
-``has_video`` (0/1: 0 for an audio-only file, e.g. an ESC-50 ``.wav``), ``fps``, ``width``,
-``height`` (0 without video), ``has_audio`` (0/1), ``sample_rate``, ``audio_channels``, and any
-column the user added, kept as is. A manifest written before ``has_video`` existed reads as
+(class name, empty when unknown), ``split`` (``train``/``test``/…, may be empty), ``duration_sec``
+(of the file), ``has_video`` (0/1: 0 for an audio-only file, e.g. an ESC-50 ``.wav``), ``fps``,
+``width``, ``height`` (0 without video), ``has_audio`` (0/1), ``sample_rate``, ``audio_channels``,
+and any column the user added, kept as is. A manifest written before ``has_video`` existed reads as
 ``has_video`` = 1 (every file it lists was a video).
+
+Optional columns with a meaning:
+
+- ``start_sec``, ``end_sec`` (``SEGMENT_COLUMNS``): the row is the segment ``[start_sec,
+  end_sec)`` of its file (a Kinetics or AudioSet row pointing into the full video). Every clip of
+  the row — training, evaluation, features, the cache — lies inside it (``decode_clip``'s
+  ``segment``). Both empty: the whole file; ``end_sec`` empty: to the end of the file; an end past
+  the file's end is cut there. ``Manifest.duration`` is the segment's length. A row's segment is
+  checked when the manifest is read (numbers, ``0 <= start_sec < end_sec``, start inside the file).
+- Several labels (multi-label data, AudioSet): the ``label`` cell holds the class names joined by
+  ``;`` (``LABEL_SEPARATOR``), e.g. ``Speech;Music``. ``label_names`` lists the single classes.
+  Code that wants one class per row (``Manifest.label``, cluster metrics, finetuning) sees such a
+  row as unlabelled (-1); ``Manifest.label_sets`` and ``label_matrix`` give every label, and the
+  linear probe of a manifest with such rows is one-vs-rest, scored by mAP.
 
 The file is UTF-8 text, standard CSV quoting (a name with a comma, a quote or a newline is quoted).
 Paths: every file name the file system allows survives a round trip, byte for byte
@@ -32,6 +46,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from xdc.atomic import atomic_file
 from xdc.errors import DataError
 
@@ -46,15 +62,25 @@ PROBE_COLUMNS = (
     "audio_channels",
 )
 MANIFEST_COLUMNS = ("path", "label", "split", *PROBE_COLUMNS)
+SEGMENT_COLUMNS = ("start_sec", "end_sec")
+"""The segment of its file a row stands for (module docstring); absent or empty: the whole file."""
+LABEL_SEPARATOR = ";"
+"""Joins the class names of a row with several labels in its ``label`` cell."""
 _TRUE = ("1", "true", "True")
+
+
+def split_labels(cell: str) -> list[str]:
+    """The class names of a ``label`` cell: none (empty), one, or several joined by ``;``."""
+    return [name.strip() for name in cell.split(LABEL_SEPARATOR) if name.strip()]
 
 
 @dataclass
 class Manifest:
     """Rows of a manifest, with paths resolved against ``root`` (the manifest's folder).
 
-    ``label_names`` is the sorted list of distinct non-empty labels of the *whole* manifest, so that
-    a label maps to the same integer in every split taken from it.
+    ``label_names`` is the sorted list of distinct non-empty labels of the *whole* manifest (each
+    class of a row with several labels counted on its own), so that a label maps to the same
+    integer in every split taken from it.
     """
 
     root: Path
@@ -65,7 +91,9 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if not self.label_names:
-            self.label_names = sorted({r.get("label", "") for r in self.rows} - {""})
+            self.label_names = sorted(
+                {n for r in self.rows for n in split_labels(r.get("label", ""))}
+            )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -76,13 +104,38 @@ class Manifest:
         return p if p.is_absolute() else self.root / p
 
     def label(self, i: int) -> int:
-        """Integer label of row ``i`` (index into ``label_names``), or -1 when unknown."""
-        name = self.rows[i].get("label", "")
-        return self.label_names.index(name) if name else -1
+        """Integer label of row ``i`` (index into ``label_names``), or -1 when unknown or when the
+        row has several labels (``label_sets`` has them)."""
+        names = split_labels(self.rows[i].get("label", ""))
+        return self.label_names.index(names[0]) if len(names) == 1 else -1
 
     def labels(self) -> list[int]:
+        """``label(i)`` of every row."""
         lookup = {name: k for k, name in enumerate(self.label_names)}
-        return [lookup.get(r.get("label", ""), -1) for r in self.rows]
+        single = [split_labels(r.get("label", "")) for r in self.rows]
+        return [lookup.get(names[0], -1) if len(names) == 1 else -1 for names in single]
+
+    def label_sets(self) -> list[list[int]]:
+        """Every label of every row (indices into ``label_names``; [] when unlabelled)."""
+        lookup = {name: k for k, name in enumerate(self.label_names)}
+        return [
+            sorted({lookup[n] for n in split_labels(r.get("label", "")) if n in lookup})
+            for r in self.rows
+        ]
+
+    def label_matrix(self, rows: Sequence[int] | None = None) -> np.ndarray:
+        """(len(rows), len(label_names)) 0/1 int8 targets of ``rows`` (default: all)."""
+        sets = self.label_sets()
+        rows = range(len(self)) if rows is None else rows
+        out = np.zeros((len(rows), len(self.label_names)), dtype=np.int8)
+        for k, r in enumerate(rows):
+            out[k, sets[int(r)]] = 1
+        return out
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether some row has several labels (then the linear probe is one-vs-rest, mAP)."""
+        return any(len(split_labels(r.get("label", ""))) > 1 for r in self.rows)
 
     def has_audio(self, i: int) -> bool:
         return self.rows[i].get("has_audio", "") in _TRUE
@@ -100,9 +153,29 @@ class Manifest:
         except ValueError:  # a hand-written cell we cannot read: the old default, video
             return True
 
-    def duration(self, i: int) -> float:
+    def file_duration(self, i: int) -> float:
+        """Duration (s) of row ``i``'s file (``duration_sec``; 0 when unknown)."""
         value = self.rows[i].get("duration_sec", "")
         return float(value) if value else 0.0
+
+    def segment(self, i: int) -> tuple[float, float] | None:
+        """``(start, end)`` seconds of the file that row ``i`` stands for, the end cut at the
+        file's end (module docstring); None when the row is the whole file."""
+        row = self.rows[i]
+        start, end = row.get("start_sec", ""), row.get("end_sec", "")
+        if not start and not end:
+            return None
+        length = self.file_duration(i)
+        lo = float(start) if start else 0.0
+        hi = float(end) if end else length
+        return lo, min(hi, length) if length > 0 else hi
+
+    def duration(self, i: int) -> float:
+        """Length (s) of what row ``i`` stands for: its segment's, or the whole file's."""
+        segment = self.segment(i)
+        if segment is None:
+            return self.file_duration(i)
+        return max(0.0, segment[1] - segment[0])
 
     def splits(self) -> list[str]:
         return sorted({r.get("split", "") for r in self.rows})
@@ -146,7 +219,39 @@ def read_manifest(path: str | Path) -> Manifest:
         ) from None
     manifest = Manifest(path.parent.resolve(), rows, columns, source=path)
     check_confined(manifest)
+    check_segments(manifest)
     return manifest
+
+
+def segment_problem(start: str, end: str, duration: float) -> str:
+    """Why the cells ``start_sec``/``end_sec`` name no usable segment of a file ``duration`` s
+    long (0: unknown); "" when they do (or are both empty: the whole file)."""
+    if not start and not end:
+        return ""
+    try:
+        lo, hi = float(start or 0.0), float(end) if end else float("inf")
+    except ValueError:
+        return f"start_sec {start!r} / end_sec {end!r} are not numbers of seconds"
+    if not 0 <= lo < hi:
+        return f"segment [{start or 0}, {end or 'end'}] is empty or negative"
+    if duration > 0 and lo >= duration:
+        return f"segment [{start or 0}, {end or 'end'}] starts after the file ends ({duration:g} s)"
+    return ""
+
+
+def check_segments(manifest: Manifest) -> None:
+    """Refuse a manifest whose ``start_sec``/``end_sec`` cells name no usable segment."""
+    if not any(c in manifest.columns for c in SEGMENT_COLUMNS):
+        return
+    for i, row in enumerate(manifest.rows):
+        problem = segment_problem(
+            row.get("start_sec", ""), row.get("end_sec", ""), manifest.file_duration(i)
+        )
+        if problem:
+            raise DataError(
+                f"{manifest.source or manifest.root}: row {i + 1} ({row.get('path')}): {problem}; "
+                "fix the row's start_sec/end_sec (both empty: the whole file) or re-run `xdc index`"
+            )
 
 
 ALLOW_OUTSIDE_ROOT_ENV = "XDC_ALLOW_OUTSIDE_ROOT"

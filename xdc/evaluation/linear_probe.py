@@ -18,6 +18,18 @@ Protocol (the linear variant of the paper's evaluation; README, "Evaluation prot
 - top-k counts a hit when the true class is among the k most probable. With k or fewer classes
   every class is among them, so top-k is 1.0 (for a class the classifier knows; a test class absent
   from training is always a miss).
+
+Multi-label manifests (rows with several labels, ``Manifest.multi_label``: AudioSet) are probed
+one-vs-rest (``multilabel_probe``): StandardScaler + one logistic regression per class on the
+training clips (a class with no positive, or no negative, training clip predicts its training
+rate), test probabilities averaged per video, and the score is **mAP**: the mean over classes of
+the average precision of the test videos ranked by that class's probability (scikit-learn's
+``average_precision_score``, the definition AudioSet results are reported with; classes without a
+positive test video have no AP and are left out of the mean, ``n_classes_scored`` says how many
+count). An unreadable test video scores 0 for every class (ranked last). C is chosen by grouped
+k-fold cross-validation on the training split (by video or ``group``; not stratified) on the same
+video-level mAP, ties to the smaller C. ``top1``/``top5`` are then hit rates: the share of test
+videos with one of their labels among the 1 or 5 most probable classes.
 """
 
 from __future__ import annotations
@@ -284,6 +296,185 @@ def linear_probe(
     }
 
 
+def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(K,) average precision of each class (column) of ``scores`` (V, K) against 0/1
+    ``targets`` (V, K); NaN for a class without a positive."""
+    from sklearn.metrics import average_precision_score
+
+    ap = np.full(targets.shape[1], np.nan)
+    for k in np.flatnonzero(targets.sum(axis=0) > 0):
+        ap[k] = average_precision_score(targets[:, k], scores[:, k])
+    return ap
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """mAP: the mean of ``average_precisions`` over the classes that have a positive."""
+    ap = average_precisions(scores, targets)
+    return float(np.nanmean(ap)) if np.isfinite(ap).any() else float("nan")
+
+
+def hit_rate(scores: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Share of rows with one of their labels among their ``k`` highest-scored classes."""
+    if len(scores) == 0:
+        return float("nan")
+    top = np.argsort(-scores, axis=1, kind="stable")[:, : min(k, scores.shape[1])]
+    return float(np.take_along_axis(targets, top, axis=1).any(axis=1).mean())
+
+
+def fit_predict_multilabel(
+    c: float, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, seed: int
+) -> tuple[np.ndarray, int]:
+    """One-vs-rest at ``C = c`` on 0/1 targets (N, K): (test probabilities (M, K), convergence
+    warnings). A class with one value in training predicts it (its training rate)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    scaler = StandardScaler().fit(x_train)
+    xs_train, xs_test = scaler.transform(x_train), scaler.transform(x_test)
+    probs = np.empty((len(x_test), y_train.shape[1]))
+    threads = 1 if x_train.size < SMALL_PROBLEM else None
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        threadpool_limits(threads, user_api="blas"),
+    ):
+        warnings.simplefilter("always", ConvergenceWarning)
+        for k in range(y_train.shape[1]):
+            column = y_train[:, k]
+            if column.min() == column.max():
+                probs[:, k] = float(column[0]) if len(column) else 0.0
+                continue
+            model = LogisticRegression(C=c, max_iter=MAX_ITER, random_state=seed)
+            probs[:, k] = model.fit(xs_train, column).predict_proba(xs_test)[:, 1]
+    n_warn = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return probs, n_warn
+
+
+def video_targets(
+    scores: np.ndarray, groups: np.ndarray, targets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip scores (N, K) averaged per video: (videos (V,), (V, K) scores, (V, K) targets)."""
+    unique, means = mean_per_video(groups, np.asarray(scores, dtype=np.float64))
+    inverse = np.searchsorted(unique, groups)
+    video_y = np.zeros((len(unique), targets.shape[1]), dtype=targets.dtype)
+    video_y[inverse] = targets
+    if np.any(video_y[inverse] != targets):
+        raise DataError("clips of one video carry different labels; a video has one label set")
+    return unique, means.numpy(), video_y
+
+
+def choose_c_multilabel(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    c_grid: Sequence[float],
+    folds: int,
+    seed: int,
+    cv_groups: np.ndarray | None = None,
+) -> tuple[float, dict[str, float], str]:
+    """C by grouped k-fold cross-validation on video-level mAP (module docstring): (C,
+    {str(C): mAP}, how C was chosen)."""
+    from sklearn.model_selection import GroupKFold
+
+    by = "video" if cv_groups is None else f"the {GROUP_COLUMN!r} column"
+    split_by = groups if cv_groups is None else cv_groups
+    n_splits = min(folds, len(np.unique(split_by)))
+    if len(c_grid) == 1 or n_splits < 2:
+        why = "fixed" if len(c_grid) == 1 else f"fixed (fewer than 2 training groups by {by})"
+        return float(c_grid[0]) if len(c_grid) == 1 else 1.0, {}, why
+    splits = list(GroupKFold(n_splits=n_splits).split(x, y, split_by))
+    scores: dict[str, float] = {}
+    best: tuple[float, float] | None = None  # (-mAP, C)
+    for c in c_grid:
+        values = []
+        for fit_idx, val_idx in splits:
+            probs, _ = fit_predict_multilabel(c, x[fit_idx], y[fit_idx], x[val_idx], seed)
+            _, video_probs, video_y = video_targets(probs, groups[val_idx], y[val_idx])
+            values.append(mean_average_precision(video_probs, video_y))
+        score = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+        scores[f"{c:g}"] = score
+        if best is None or (-score, float(c)) < best:
+            best = (-score, float(c))
+    assert best is not None
+    how = f"{n_splits}-fold cross-validation on the training split (mAP), grouped by {by}"
+    return best[1], scores, how
+
+
+def multilabel_probe(
+    train_features: np.ndarray | Tensor,
+    train_targets: np.ndarray,
+    test_features: np.ndarray | Tensor,
+    test_targets: np.ndarray,
+    train_groups: np.ndarray | None = None,
+    test_groups: np.ndarray | None = None,
+    label_names: Sequence[str] | None = None,
+    c_grid: Sequence[float] = C_GRID,
+    folds: int = 5,
+    seed: int = 0,
+    cv_groups: np.ndarray | None = None,
+    missing_test_targets: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """One-vs-rest probe on clip features (N, D) with 0/1 targets (N, K), scored at video level
+    by mAP on the test clips (M, D) (module docstring).
+
+    Args:
+        missing_test_targets: (U, K) targets of the test videos that could not be read: each
+            scores 0 for every class.
+
+    Returns:
+        ``multi_label`` (True), ``mAP`` (video level, unreadable videos included), ``mAP_clip``,
+        ``per_class`` ({name: AP} of the scored classes), ``n_classes_scored``, ``top1``/``top5``
+        (hit rates), ``top1_clip``, ``cv_mAP``, and the counts and settings of ``linear_probe``.
+
+    Raises:
+        DataError: mismatched shapes, a clip without a label, or no class with positives.
+    """
+    x_train, x_test = as_numpy(train_features), as_numpy(test_features)
+    y_train, y_test = np.asarray(train_targets, np.int64), np.asarray(test_targets, np.int64)
+    g_train = np.arange(len(y_train)) if train_groups is None else np.asarray(train_groups)
+    g_test = np.arange(len(y_test)) if test_groups is None else np.asarray(test_groups)
+    for x, y, g, which in ((x_train, y_train, g_train, "train"), (x_test, y_test, g_test, "test")):
+        if y.ndim != 2 or y.shape[1] != y_train.shape[1]:
+            raise DataError(f"{which} targets {y.shape} are not (clips, classes)")
+        check_inputs(x, np.where(y.any(axis=1), 0, -1), g, which)  # a clip without a label
+    if not y_train.any(axis=0).any():
+        raise DataError("no class has a positive training clip; label the training split")
+    c, cv_scores, how = choose_c_multilabel(
+        x_train, y_train, g_train, c_grid, folds, seed, cv_groups
+    )
+    probs, n_warn = fit_predict_multilabel(c, x_train, y_train, x_test, seed)
+    _, video_probs, video_y = video_targets(probs, g_test, y_test)
+    missing = np.zeros((0, y_train.shape[1]), np.int64)
+    if missing_test_targets is not None and len(missing_test_targets):
+        missing = np.asarray(missing_test_targets, np.int64)
+    all_probs = np.concatenate([video_probs, np.zeros(missing.shape)])
+    all_y = np.concatenate([video_y, missing])
+    ap = average_precisions(all_probs, all_y)
+    names = list(label_names) if label_names is not None else [str(k) for k in range(len(ap))]
+    return {
+        "multi_label": True,
+        "mAP": mean_average_precision(all_probs, all_y),
+        "mAP_clip": mean_average_precision(probs, y_test),
+        "top1": hit_rate(all_probs, all_y, 1),
+        "top5": hit_rate(all_probs, all_y, 5),
+        "top1_clip": hit_rate(probs, y_test, 1),
+        "n_train": int(len(np.unique(g_train))),
+        "n_test": int(len(all_y)),
+        "unreadable_test_videos": int(len(missing)),
+        "n_train_clips": int(len(y_train)),
+        "n_test_clips": int(len(y_test)),
+        "n_classes": int(y_train.shape[1]),
+        "n_classes_scored": int(np.isfinite(ap).sum()),
+        "feature_dim": int(x_train.shape[1]),
+        "C": c,
+        "C_selection": how,
+        "cv_mAP": cv_scores,
+        "per_class": {names[k]: float(ap[k]) for k in np.flatnonzero(np.isfinite(ap))},
+        "convergence_warnings": n_warn,
+    }
+
+
 def check_inputs(x: np.ndarray, y: np.ndarray, groups: np.ndarray, which: str) -> None:
     """Shapes agree, there is data, and every clip has a label."""
     if x.ndim != 2 or len(x) != len(y) or len(groups) != len(y):
@@ -370,7 +561,8 @@ def evaluate_linear_probe(
 ) -> dict[str, Any]:
     """The whole linear-probe protocol for one encoder: check the splits and labels, extract
     ``clips`` clips per video (BatchNorm statistics per ``bn_statistics``), probe. Returns the
-    result of ``linear_probe`` with the settings (modality, splits, clips, BatchNorm statistics,
+    result of ``linear_probe`` (of ``multilabel_probe``, with ``mAP``, when the manifest has rows
+    with several labels) with the settings (modality, splits, clips, BatchNorm statistics,
     encoders, time) and the unreadable test videos (counted as wrong)."""
     if modality not in ("video", "audio"):
         raise ConfigError(f"--modality {modality!r}: choose video or audio")
@@ -390,16 +582,33 @@ def evaluate_linear_probe(
         bn_statistics=bn_statistics,
     )
     missing = found.unreadable[modality]
-    result = probe_clip_features(
-        found.train[modality],
-        found.test[modality],
-        modality,
-        manifest.label_names,
-        row_groups=source_groups(manifest),
-        c_grid=c_grid,
-        seed=seed,
-        missing_test_labels=[manifest.label(r) for r in missing],
-    )
+    if manifest.multi_label:
+        train, test, targets = found.train[modality], found.test[modality], manifest.label_matrix()
+        groups = source_groups(manifest)
+        result = multilabel_probe(
+            train.features[modality],
+            targets[train.rows],
+            test.features[modality],
+            targets[test.rows],
+            train.rows,
+            test.rows,
+            manifest.label_names,
+            c_grid=c_grid,
+            seed=seed,
+            cv_groups=None if groups is None else groups[train.rows],
+            missing_test_targets=targets[list(missing)],
+        )
+    else:
+        result = probe_clip_features(
+            found.train[modality],
+            found.test[modality],
+            modality,
+            manifest.label_names,
+            row_groups=source_groups(manifest),
+            c_grid=c_grid,
+            seed=seed,
+            missing_test_labels=[manifest.label(r) for r in missing],
+        )
     record = protocol_record(
         source, manifest, splits, clips, found.bn_clips.get(modality, 0), start, found.bn_statistics
     )

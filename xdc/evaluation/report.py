@@ -469,7 +469,9 @@ def middle_of_video(
     """The middle frame as a (TILE_PX, TILE_PX, 3) uint8 centre crop, and ``SOUND_SEC`` of mono
     16 kHz sound (N,) centred on it (None when not asked or the video has no audio)."""
     path = manifest.path(row)
-    duration = manifest.duration(row) or video_duration(path)
+    segment = manifest.segment(row)  # the row's part of its file, when it is not the whole file
+    duration = manifest.file_duration(row) or video_duration(path)
+    middle = (segment[0] + segment[1]) / 2 if segment is not None else duration / 2
     sound = with_sound and manifest.has_audio(row)
     # One frame over a 1 ms span: the frame shown at mid-video, with the sound window centred on it.
     spec = ClipSpec(
@@ -479,7 +481,7 @@ def middle_of_video(
         audio_samples=int(SOUND_SEC * SOUND_RATE) if sound else None,
         sample_rate=SOUND_RATE,
     )
-    clip = decode_clip(path, duration / 2, spec, duration_sec=duration or None)
+    clip = decode_clip(path, middle, spec, duration_sec=duration or None, segment=segment)
     frame = clip.frames[0]
     top, left = (frame.shape[0] - TILE_PX) // 2, (frame.shape[1] - TILE_PX) // 2
     return frame[top : top + TILE_PX, left : left + TILE_PX], clip.audio
