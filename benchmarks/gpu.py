@@ -99,8 +99,8 @@ def device_batch(config: PretrainConfig, batch_size: int, device: torch.device) 
     batch["video_raw"] = batch["video_raw"].to(torch.uint8)
     if d.augment != "none":
         hue = d.augment == "strong_hue"
-        batch["video_params"] = torch.stack(
-            [draw_strong_augment(rng, hue) for _ in range(batch_size)]
+        batch["video_params"] = torch.from_numpy(
+            np.stack([draw_strong_augment(rng, hue) for _ in range(batch_size)])
         )
     if d.spec_augment:
         batch["audio_params"] = torch.zeros(batch_size, SPEC_AUGMENT_PARAMS, dtype=torch.int64)

@@ -19,6 +19,7 @@ its frames and its audio — and its clips stay inside it by ``decode_clip``'s s
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -182,12 +183,12 @@ class ClipCache:
             if video.frames is None:
                 raise DecodeError(video.path, "no video stream (audio-only row or cache)")
             # Past the end, 'pad' takes the last cached frame: the last one shown before `end`.
-            times = start + np.arange(spec.num_frames) / spec.fps
+            times = _frame_offsets(spec.num_frames, spec.fps) + start
             if spec.overflow == "loop":
                 eps = FRAME_TIME_EPS_SEC
                 times = first + np.mod(times - first + eps, end - first) - eps
             index = np.searchsorted(video.times, times + FRAME_TIME_EPS_SEC, side="right") - 1
-            index = np.clip(index, 0, len(video.times) - 1)
+            np.minimum(np.maximum(index, 0, out=index), len(video.times) - 1, out=index)
             frames, frame_times = video.frames[index], video.times[index]
         audio, audio_start = None, 0.0
         if spec.audio_samples:
@@ -210,3 +211,11 @@ class ClipCache:
         if hi > lo:
             out[lo - offset : hi - offset] = track[lo:hi]
         return out, first / rate
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_offsets(num_frames: int, fps: float) -> np.ndarray:
+    """Times of a clip's frames after its start (read-only: shared by every clip)."""
+    offsets = np.arange(num_frames) / fps
+    offsets.flags.writeable = False
+    return offsets

@@ -136,6 +136,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         """``"path: reason"`` of the (row, clip start) pairs that failed to decode in this process:
         only to skip decoding them again; a sample is the same with or without it."""
         self._warned: set[str] = set()
+        self._paths: dict[int, str] = {}
+        """Each row's path as text, made on its first load (a Path per clip costs more)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -245,7 +247,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self, row: int, key: ClipKey, rng: np.random.Generator, start: float
     ) -> dict[str, Any]:
         """The clip of ``row`` starting at ``start``; ``rng`` draws its crop and augmentation."""
-        path = self.manifest.path(row)
+        path = self._paths.get(row)
+        if path is None:
+            path = self._paths[row] = str(self.manifest.path(row))
         spec = self.spec_for(row)
         if self.cache is not None and row in self.cache:
             clip = self.cache.clip(row, start, spec)
@@ -257,7 +261,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "label": self.manifest.label(row),
             "clip": key.clip,
             "start_sec": clip.start_sec,
-            "path": str(path),
+            "path": path,
             "valid": True,
         }
         if self.need_video:
@@ -270,14 +274,14 @@ class ClipDataset(Dataset[dict[str, Any]]):
                 sample["audio_params"] = draw_spec_augment(rng, self.config.n_mels, frames)
         return self._finish(sample)
 
-    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Tensor]:
+    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
         """The clip's frames, crop and flip, and its strong augmentation drawn (not applied)."""
         cfg = self.config
         if rng is not None and 0 < cfg.train_frames < len(frames):
             keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
             frames = frames[keep]
         frames = crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
-        out = {"video_raw": to_uint8_clip(frames)}
+        out: dict[str, Any] = {"video_raw": to_uint8_clip(frames)}
         if rng is not None and self.augment_video:
             out["video_params"] = draw_strong_augment(rng, hue=cfg.augment == "strong_hue")
         return out
@@ -286,7 +290,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         """Apply the sample's transforms now (a batch of one), unless ``batch_transforms``."""
         if self.batch_transforms:
             return sample
-        one = {k: sample.pop(k)[None] for k in RAW_KEYS if k in sample}
+        one = {k: torch.as_tensor(sample.pop(k))[None] for k in RAW_KEYS if k in sample}
         one["valid"] = torch.tensor([sample["valid"]])
         done = self.transform(one)
         for name in ("video", "audio"):
@@ -309,11 +313,11 @@ class ClipDataset(Dataset[dict[str, Any]]):
             size = cfg.crop_size
             sample["video_raw"] = torch.zeros(3, cfg.num_frames, size, size, dtype=torch.uint8)
             if self.augment_video:
-                sample["video_params"] = IDENTITY_AUGMENT.clone()
+                sample["video_params"] = IDENTITY_AUGMENT.copy()
         if self.need_audio:
             sample["wave"] = torch.zeros(self.spec.audio_samples or 0)
             if self.augment_audio:
-                sample["audio_params"] = torch.zeros(SPEC_AUGMENT_PARAMS, dtype=torch.int64)
+                sample["audio_params"] = np.zeros(SPEC_AUGMENT_PARAMS, dtype=np.int64)
         return self._finish(sample)
 
 
@@ -369,6 +373,8 @@ def collate_clips(samples: list[dict[str, Any]]) -> dict[str, Any]:
             # default_collate stacks straight into shared memory inside a DataLoader worker,
             # saving the copy that sending a stacked tensor to the main process would make.
             batch[name] = default_collate(values)
+        elif isinstance(values[0], np.ndarray):  # a clip's drawn augmentation parameters
+            batch[name] = torch.from_numpy(np.stack(values))
         elif isinstance(values[0], (bool, int, float)):
             batch[name] = torch.tensor(values)
         else:

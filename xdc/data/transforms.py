@@ -25,7 +25,8 @@ def crop_box(
         raise ValueError(f"frames of {height}x{width} are smaller than the crop size {size}")
     if rng is None:
         return (height - size) // 2, (width - size) // 2
-    return int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1))
+    u = rng.random(2)
+    return int(u[0] * (height - size + 1)), int(u[1] * (width - size + 1))
 
 
 def crop_and_flip(
@@ -52,61 +53,73 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _LUMA = (0.299, 0.587, 0.114)
 
 
-_RGB_TO_YIQ_NP = _RGB_TO_YIQ.numpy()
-_YIQ_TO_RGB_NP = _YIQ_TO_RGB.numpy()
-
-
-def _hue_rotation_np(angle: float) -> np.ndarray:
-    cos, sin = math.cos(angle), math.sin(angle)
-    turn = np.array([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]])
-    return _YIQ_TO_RGB_NP @ turn @ _RGB_TO_YIQ_NP
-
-
 def hue_rotation(angle: float) -> Tensor:
     """(3, 3) float64 matrix that turns the hue of RGB colours by ``angle`` radians, keeping their
     luma (a rotation of the chroma plane of YIQ)."""
-    return torch.from_numpy(_hue_rotation_np(angle))
+    return _hue_rotations(torch.tensor([angle], dtype=torch.float64))[0]
 
 
-STRONG_AUGMENT_PARAMS = 19
-"""Length of a clip's ``draw_strong_augment`` vector: the (2, 3) inverse affine map, brightness,
-contrast, saturation, the grey flag, and the (3, 3) hue turn (the identity without ``hue``)."""
-IDENTITY_AUGMENT = torch.tensor(
-    [1.0, 0, 0, 0, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1], dtype=torch.float32
-)
+STRONG_AUGMENT_PARAMS = 10
+"""Length of a clip's ``draw_strong_augment`` vector: rotation, shear (radians), scale,
+translation x, y (fractions of the half-size), brightness, contrast, saturation, the grey flag
+(0/1) and the hue turn (radians, 0 without ``hue``)."""
+IDENTITY_AUGMENT = np.array([0.0, 0, 1, 0, 0, 1, 1, 1, 0, 0], dtype=np.float32)
 """The ``draw_strong_augment`` vector that changes nothing (for samples that failed to load)."""
 
+# Ranges of the uniform draws, in the order of the vector; the grey flag is u < 0.1.
+_AUGMENT_LOW = np.array(
+    [-math.radians(20), -math.radians(10), 0.8, -0.2, -0.2, 0.7, 0.7, 0.6, 0.0, -math.pi]
+)
+_AUGMENT_WIDTH = np.array(
+    [math.radians(40), math.radians(20), 0.4, 0.4, 0.4, 0.6, 0.6, 0.8, 1.0, 2 * math.pi]
+)
 
-def draw_strong_augment(rng: np.random.Generator, hue: bool = False) -> Tensor:
+
+def draw_strong_augment(rng: np.random.Generator, hue: bool = False) -> np.ndarray:
     """Draw one clip's strong augmentation from ``rng``: a (``STRONG_AUGMENT_PARAMS``,) float32
-    vector for :func:`strong_augment_clips`.
+    vector for :func:`strong_augment_clips` (one call on ``rng``: the clip is a function of it).
 
     Rotation ±20°, scale 0.8–1.2, shear ±10°, translation ±10%, brightness/contrast ±30%,
     saturation 0.6–1.4, random grey (p = 0.1). ``hue``: also turn every hue by a random angle
     (the whole circle), so that colour — of the object, the background, the light — is a nuisance
-    the encoder learns to ignore. Draws ``rng`` in a fixed order (the clip is a function of it).
+    the encoder learns to ignore.
     """
-    angle = math.radians(rng.uniform(-20, 20))
-    shear = math.radians(rng.uniform(-10, 10))
-    scale = rng.uniform(0.8, 1.2)
-    tx, ty = rng.uniform(-0.1, 0.1, size=2) * 2
-    cos, sin = math.cos(angle), math.sin(angle)
-    # Inverse map (output → input coordinates) of rotation∘shear∘scale, in normalised coordinates.
-    affine = [cos / scale, (-sin + math.tan(shear) * cos) / scale, tx, sin / scale, cos / scale, ty]
-    brightness = rng.uniform(0.7, 1.3)
-    contrast = rng.uniform(0.7, 1.3)
-    saturation = rng.uniform(0.6, 1.4)
-    grey = float(rng.random() < 0.1)
-    turn = _hue_rotation_np(rng.uniform(-math.pi, math.pi)) if hue else np.eye(3)
-    values = np.empty(STRONG_AUGMENT_PARAMS, dtype=np.float32)
-    values[:10] = affine + [brightness, contrast, saturation, grey]
-    values[10:] = turn.ravel()
-    return torch.from_numpy(values)
+    values = _AUGMENT_LOW + _AUGMENT_WIDTH * rng.random(STRONG_AUGMENT_PARAMS)
+    values[8] = values[8] < 0.1
+    if not hue:
+        values[9] = 0.0
+    return values.astype(np.float32)
+
+
+def _hue_rotations(angles: Tensor) -> Tensor:
+    """(B,) angles → (B, 3, 3) hue turns (:func:`hue_rotation` for a batch)."""
+    yiq = _RGB_TO_YIQ.to(angles.device, angles.dtype)
+    rgb = _YIQ_TO_RGB.to(angles.device, angles.dtype)
+    turn = torch.zeros(len(angles), 3, 3, dtype=angles.dtype, device=angles.device)
+    cos, sin = angles.cos(), angles.sin()
+    turn[:, 0, 0] = 1.0
+    turn[:, 1, 1], turn[:, 1, 2], turn[:, 2, 1], turn[:, 2, 2] = cos, -sin, sin, cos
+    return rgb @ turn @ yiq
+
+
+def _inverse_affine(params: Tensor) -> Tensor:
+    """(B, 10) augmentation vectors → (B, 2, 3) inverse maps (output → input coordinates) of
+    rotation∘shear∘scale plus translation, in normalised coordinates, for ``affine_grid``."""
+    angle, shear, scale, tx, ty = params[:, :5].unbind(1)
+    cos, sin = angle.cos(), angle.sin()
+    return torch.stack(
+        [cos / scale, (-sin + shear.tan() * cos) / scale, tx, sin / scale, cos / scale, ty], 1
+    ).view(-1, 2, 3)
 
 
 def strong_augment_clips(clips: Tensor, params: Tensor, hue: bool = False) -> Tensor:
     """Each clip's random affine and colour change (``draw_strong_augment``), the same on every
     frame of a clip, for a batch at once on the clips' device.
+
+    The colour changes are linear in RGB, so they are applied as one map per clip: a (3, 3)
+    matrix (saturation or grey, then the hue turn) scaled by brightness × contrast, plus a
+    per-frame offset (contrast pulls each frame towards its mean over channels and pixels),
+    clamped to [0, 255] once, at the end.
 
     Args:
         clips: (B, 3, T, H, W) uint8 RGB.
@@ -114,30 +127,32 @@ def strong_augment_clips(clips: Tensor, params: Tensor, hue: bool = False) -> Te
         hue: apply the hue turns (``data.augment=strong_hue``).
 
     Returns:
-        (B, 3, T, H, W) uint8: computed in float in [0, 1], rounded back.
+        (B, 3, T, H, W) uint8, rounded from float.
     """
     b, _, t, h, w = clips.shape
     params = params.to(clips.device, torch.float32)
     # The frames of a clip share its affine map: warp its 3·T channels with one grid (the
     # channels of grid_sample are independent, so this is the per-frame warp at 1/T the grids).
-    video = clips.reshape(b, 3 * t, h, w).float().div_(255.0)
-    grid = F.affine_grid(params[:, :6].view(b, 2, 3), [b, 3 * t, h, w], align_corners=False)
+    video = clips.reshape(b, 3 * t, h, w).float()
+    grid = F.affine_grid(_inverse_affine(params), [b, 3 * t, h, w], align_corners=False)
     video = F.grid_sample(
         video, grid, mode="bilinear", padding_mode="reflection", align_corners=False
-    ).view(b, 3, t, h, w)
-    brightness, contrast, saturation, to_grey = (
-        params[:, i].view(b, 1, 1, 1, 1) for i in range(6, 10)
-    )
-    luma = torch.tensor(_LUMA, dtype=video.dtype, device=video.device).view(1, 3, 1, 1, 1)
-    grey = video.mul(luma).sum(dim=1, keepdim=True)
-    # Saturation 0 is grey: grey + (video - grey) · 0 is grey exactly.
-    video.sub_(grey).mul_(saturation * (1.0 - to_grey)).add_(grey)
+    ).view(b, 3, t * h * w)
+    brightness, contrast, saturation, to_grey = (params[:, i].view(b, 1, 1) for i in range(5, 9))
+    # Saturation s: grey + (v - grey)·s = (s·I + (1 - s)·1·lumaᵀ) v; grey is s = 0, exactly.
+    keep = saturation * (1.0 - to_grey)
+    eye = torch.eye(3, dtype=video.dtype, device=video.device)
+    luma = torch.tensor(_LUMA, dtype=video.dtype, device=video.device).view(1, 1, 3)
+    colour = keep * eye + (1.0 - keep) * luma
     if hue:
-        turn = params[:, 10:19].view(b, 3, 3)
-        video = torch.bmm(turn, video.view(b, 3, -1)).view(b, 3, t, h, w).clamp_(0.0, 1.0)
-    mean = video.mean(dim=(1, 3, 4), keepdim=True)  # of each frame
-    video.sub_(mean).mul_(contrast).add_(mean).mul_(brightness).clamp_(0.0, 1.0)
-    return video.mul_(255.0).round_().to(torch.uint8)
+        colour = torch.bmm(_hue_rotations(params[:, 9]), colour)
+    pixel_means = video.view(b, 3, t, h * w).mean(dim=3)  # (B, 3, T)
+    frame_means = colour.sum(dim=1, keepdim=True).bmm(pixel_means) / 3.0  # (B, 1, T)
+    # ((v' - mean)·c + mean)·brightness, + 0.5 so that the cast to uint8 rounds.
+    offset = brightness * (1.0 - contrast) * frame_means + 0.5
+    offset = offset.view(b, 1, t, 1).expand(b, 1, t, h * w).reshape(b, 1, t * h * w)
+    out = torch.baddbmm(offset, brightness * contrast * colour, video)
+    return out.clamp_(0.0, 255.0).to(torch.uint8).view(b, 3, t, h, w)
 
 
 def strong_augment(video: Tensor, rng: np.random.Generator, hue: bool = False) -> Tensor:
@@ -145,7 +160,8 @@ def strong_augment(video: Tensor, rng: np.random.Generator, hue: bool = False) -
     (T, 3, H, W) float clip in [0, 1]; returns the same layout, quantised to 1/255 steps as
     training clips are."""
     clip = video.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).transpose(0, 1)[None]
-    out = strong_augment_clips(clip, draw_strong_augment(rng, hue)[None], hue)
+    params = torch.from_numpy(draw_strong_augment(rng, hue))[None]
+    out = strong_augment_clips(clip, params, hue)
     return out[0].transpose(0, 1).float().div_(255.0)
 
 
@@ -160,15 +176,15 @@ def draw_spec_augment(
     n_frames: int,
     max_freq: float = 0.15,
     max_time: float = 0.15,
-) -> Tensor:
+) -> np.ndarray:
     """Draw one clip's SpecAugment masks from ``rng``: one band of up to ``max_freq`` of the mel
     bands and one span of up to ``max_time`` of the frames, as a (4,) int64 vector
     ``(band start, band width, span start, span width)`` for :func:`spec_augment_batch`."""
-    band = int(rng.integers(0, int(max_freq * n_mels) + 1))
-    band_start = int(rng.integers(0, n_mels - band + 1))
-    span = int(rng.integers(0, int(max_time * n_frames) + 1))
-    span_start = int(rng.integers(0, n_frames - span + 1))
-    return torch.tensor([band_start, band, span_start, span], dtype=torch.int64)
+    u = rng.random(4)
+    band = int(u[0] * (int(max_freq * n_mels) + 1))
+    span = int(u[2] * (int(max_time * n_frames) + 1))
+    starts = (int(u[1] * (n_mels - band + 1)), int(u[3] * (n_frames - span + 1)))
+    return np.array([starts[0], band, starts[1], span], dtype=np.int64)
 
 
 def spec_augment_batch(logmel: Tensor, params: Tensor) -> Tensor:
@@ -191,4 +207,4 @@ def spec_augment(
     """One frequency band and one time span of a (1, n_mels, n_frames) log-mel set to its mean
     (:func:`draw_spec_augment` then :func:`spec_augment_batch` on a batch of one)."""
     params = draw_spec_augment(rng, logmel.shape[-2], logmel.shape[-1], max_freq, max_time)
-    return spec_augment_batch(logmel[None], params[None])[0]
+    return spec_augment_batch(logmel[None], torch.from_numpy(params)[None])[0]
