@@ -23,13 +23,8 @@ from xdc.data.manifest import read_manifest, write_manifest
 from xdc.evaluation.audio_probe import audio_probe
 from xdc.evaluation.encoders import load_eval_encoders
 from xdc.evaluation.extract import EvalClips, FeatureExtractor, split_rows
-from xdc.evaluation.finetune import (
-    FinetuneModel,
-    FinetuneSettings,
-    ThreeCropClips,
-    finetune,
-    three_crops,
-)
+from xdc.evaluation.finetune import FinetuneModel, FinetuneSettings, finetune
+from xdc.evaluation.finetune_clips import ThreeCropClips, three_crops
 from xdc.evaluation.linear_probe import (
     evaluate_linear_probe,
     inner_folds,

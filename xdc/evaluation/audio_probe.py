@@ -1,16 +1,28 @@
-"""Audio classification with frozen audio features, k-fold (ESC-50 / DCASE style; AVTS protocol).
+"""Audio classification with frozen audio features (ESC-50, DCASE2014): k-fold over a fold column,
+or one official train/test split.
 
 Folds come from a manifest column (ESC-50's ``fold`` = 1…5). For each fold in turn, the
 recordings of that fold are the test set and all the others the training set. A column whose
 values include ``train`` and ``test`` (DCASE2014's one official split, e.g. ``--folds-column
 split``) is an official split, not folds: the classifier trains on the ``train`` rows only and is
 tested once on the ``test`` rows (other values, e.g. ``val``, are not used) — k-fold over it would
-train on the test set. Each recording is
-described by its audio features averaged over ``clips`` uniformly spaced sub-clips; a linear
-classifier (``xdc.evaluation.linear_probe``: StandardScaler + logistic regression, C by grouped
-cross-validation inside the training folds) is trained on the training recordings and scored on
-the test fold. The result is the mean and the standard deviation (over folds, ddof=0) of the
-per-fold accuracy.
+train on the test set.
+
+Two protocols (``--protocol``; ``AUDIO_PROTOCOLS``):
+
+- ``standard`` (the default): each recording is cut into ``windows`` uniformly spaced windows of
+  ``window_sec`` seconds (2 s; ``--benchmark esc50``: 10 per 5-s recording, ``dcase2014``: 60 per
+  30-s recording); the classifier trains on one feature per window and a test recording is
+  classified from its windows' class probabilities averaged — the recipe of AVTS (Korbar et al.,
+  NeurIPS 2018), as AVID-CMA (configs/benchmark/esc50|dcase/audio-svm.yaml, eval-snd-recg-svm.py)
+  and GDT (datasets/ESC50.py, DCASE2014.py) implement it.
+- ``xdc-pooled`` (xdc's earlier mode): ``windows`` windows of the run's own clip length averaged
+  into one vector per recording, one training example per recording.
+
+The classifier is xdc's linear probe (``xdc.evaluation.linear_probe``: StandardScaler + logistic
+regression, C by cross-validation inside the training folds, grouped by recording or by the
+manifest's ``group`` column — fragments of one ESC-50 source file stay on one side). The result
+is the mean and the standard deviation (over folds, ddof=0) of the per-fold accuracy.
 
 BatchNorm statistics follow ``--bn-statistics`` (``xdc.evaluation.extract``): a trained encoder
 keeps its stored ones and its features are extracted once for all folds; a random init (or any
@@ -18,14 +30,16 @@ encoder with ``recalibrated``) gets them recomputed **per fold, on that fold's t
 only** (the same clips for every encoder evaluated), so no statistic of a test recording ever
 reaches the encoder — one calibration and one extraction per fold.
 
-A recording none of whose sub-clips decoded stays in its fold's test set and counts as wrong
-(``unreadable_test_videos`` per fold and in total). The inner cross-validation for C is grouped by
-the manifest's ``group`` column when it has one (fragments of one ESC-50 source recording).
-Rows with an empty fold value are not used (their count is reported).
+A recording none of whose windows decoded stays in its fold's test set and counts as wrong
+(``unreadable_test_videos`` per fold and in total). A row without an audio track (a video with no
+sound) is not a recording of this protocol: it is in no training or test set, and the result
+counts and lists it (``without_modality``). Rows with an empty fold value are not used (their
+count is reported).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from xdc.data.manifest import Manifest
-from xdc.errors import DataError
+from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
 from xdc.evaluation.extract import (
     EvalClips,
@@ -113,6 +127,42 @@ def summarize_folds(per_fold: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+AUDIO_PROTOCOLS = ("standard", "xdc-pooled")
+"""Values of ``--protocol`` (module docstring)."""
+AUDIO_BENCHMARKS: dict[str, dict[str, Any]] = {
+    "esc50": {"folds_column": "fold", "windows": 10},
+    "dcase2014": {"folds_column": "split", "windows": 60},
+}
+"""``--benchmark``: the fold column and windows per recording of each data set (2-s windows)."""
+WINDOW_SEC = 2.0
+"""Window length of the standard protocol (AVTS, AVID-CMA, GDT)."""
+STANDARD_REFERENCE = (
+    "AVTS (Korbar et al., NeurIPS 2018) as implemented by AVID-CMA (facebookresearch/AVID-CMA "
+    "configs/benchmark/esc50/audio-svm.yaml, dcase/audio-svm.yaml, eval-snd-recg-svm.py) and GDT "
+    "(facebookresearch/GDT datasets/ESC50.py, DCASE2014.py): 2-s windows, 10 per ESC-50 "
+    "recording, 60 per DCASE2014 recording, a linear classifier on window features, scores "
+    "averaged per recording"
+)
+STANDARD_NOTES = (
+    "the classifier is xdc's linear probe (standardised logistic regression, C by grouped inner "
+    "cross-validation, probabilities averaged); AVID-CMA uses a one-vs-rest linear SVM with a "
+    "fixed C (10 for ESC-50, 1 for DCASE) and averages its decision scores",
+    "the training windows are the test's fixed, uniformly spaced windows (centred in equal parts "
+    "of the recording); AVID-CMA draws ESC-50 training windows at random starts with +-10% "
+    "volume jitter, and both peers space windows from the start to the end (np.linspace)",
+    "features are the encoder's pooled output; AVID-CMA also reports pooled conv2-conv5 maps",
+)
+POOLED_REFERENCE = (
+    "xdc's own: the run's clip-length windows averaged into one vector per recording, one "
+    "training example per recording; not a published protocol"
+)
+
+
+def audio_frames_for(seconds: float, hop_ms: float = 10.0) -> int:
+    """Log-mel frames of a ``seconds`` window (10 ms hop: 2 s → 200)."""
+    return max(1, round(seconds * 1000.0 / hop_ms))
+
+
 def probe_fold(
     fold: str,
     train: ClipFeatures,
@@ -122,15 +172,18 @@ def probe_fold(
     seed: int = 0,
     row_groups: np.ndarray | None = None,
     missing_test_labels: Sequence[int] = (),
+    pool_windows: bool = True,
 ) -> dict[str, Any]:
-    """One fold: a linear classifier on recording-level (sub-clip averaged) audio features;
-    ``missing_test_labels``: classes of the fold's unreadable test recordings (counted wrong)."""
+    """One fold: a linear classifier on audio features; ``pool_windows`` (``xdc-pooled``): one
+    averaged vector per recording; otherwise (``standard``) one example per window and a
+    recording's window probabilities averaged at test. ``missing_test_labels``: classes of the
+    fold's unreadable test recordings (counted wrong)."""
     result = probe_clip_features(
         train,
         test,
         "audio",
         label_names,
-        pool_clips=True,
+        pool_clips=pool_windows,
         row_groups=row_groups,
         c_grid=c_grid,
         seed=seed,
@@ -162,18 +215,49 @@ def audio_probe(
     seed: int = 0,
     batch_size: int | None = None,
     bn_statistics: str = "auto",
+    protocol: str = "standard",
+    window_sec: float = WINDOW_SEC,
 ) -> dict[str, Any]:
-    """k-fold audio probe of ``source``'s audio encoder (see the module docstring).
+    """The audio probe of ``source``'s audio encoder (see the module docstring): ``clips``
+    windows per recording, of ``window_sec`` seconds (``standard``) or of the run's clip length
+    (``xdc-pooled``).
 
-    Returns ``summarize_folds`` of the per-fold results plus ``evaluation`` (k-fold or the official
-    split), ``n_recordings``, ``n_without_fold`` (rows not used), ``unreadable_test_videos`` (over all folds) and ``bn_statistics``.
+    Returns ``summarize_folds`` of the per-fold results plus ``protocol``, ``reference``,
+    ``windows``, ``window_sec``, ``audio_frames``, ``training`` / ``test`` (what a training
+    example and a test score are), ``notes``, ``evaluation`` (k-fold or the official split),
+    ``n_recordings``, ``n_without_fold`` (rows not used), ``without_modality`` (rows without
+    audio), ``unreadable_test_videos`` (over all folds) and ``bn_statistics``.
     """
+    if protocol not in AUDIO_PROTOCOLS:
+        raise ConfigError(f"--protocol {protocol!r}: choose {' or '.join(AUDIO_PROTOCOLS)}")
+    if window_sec <= 0:
+        raise ConfigError(f"--window-sec {window_sec}: must be > 0")
     plan, mode = fold_plan(manifest, folds_column)
-    used = sorted({r for _, train_rows, test_rows in plan for r in train_rows + test_rows})
+    listed = sorted({r for _, train_rows, test_rows in plan for r in train_rows + test_rows})
+    without = [r for r in listed if not manifest.has_audio(r)]
+    if without:
+        gone = set(without)
+        plan = [
+            (f, [r for r in tr if r not in gone], [r for r in te if r not in gone])
+            for f, tr, te in plan
+        ]
+    used = [r for r in listed if manifest.has_audio(r)]
+    for fold, train_rows, test_rows in plan:
+        if not train_rows or not test_rows:
+            raise DataError(
+                f"{manifest.source or manifest.root}: fold {fold!r} of --folds-column "
+                f"{folds_column} has no recording with an audio track in its "
+                f"{'training' if not train_rows else 'test'} set; check the has_audio column "
+                "(re-run `xdc index`) or the folds"
+            )
     require_labels(manifest, used, None, f"--folds-column {folds_column}")
+    pooled = protocol == "xdc-pooled"
+    data = source.config.data
+    if not pooled:
+        data = dataclasses.replace(data, audio_frames=audio_frames_for(window_sec))
     reader = EvalClips(
         manifest,
-        source.config.data,
+        data,
         ("audio",),
         batch_size or source.config.train.batch_size,
         cache_rows=used,
@@ -206,6 +290,7 @@ def audio_probe(
             seed,
             row_groups,
             [manifest.label(r) for r in missing],
+            pool_windows=pooled,
         )
         result["bn_clips"] = extractor.calibration_counts.get("audio", 0)
         result["unreadable_test_paths"] = [str(manifest.rows[r]["path"]) for r in missing]
@@ -213,10 +298,30 @@ def audio_probe(
         per_fold.append(result)
         if progress:
             print(f"fold {fold}: top-1 {result['top1']:.3f} (C={result['C']:g})", file=sys.stderr)
-    summary: dict[str, Any] = {"protocol": "audio_probe", "checkpoint": source.checkpoint}
+    frames = data.audio_frames
+    summary: dict[str, Any] = {
+        "protocol": protocol,
+        "reference": POOLED_REFERENCE if pooled else STANDARD_REFERENCE,
+        "checkpoint": source.checkpoint,
+        "windows": clips,
+        "window_sec": round(frames / 100.0, 3) if pooled else window_sec,
+        "audio_frames": frames,
+        "training": "one vector per recording (its windows averaged)"
+        if pooled
+        else "one example per window",
+        "test": "the averaged vector of a recording"
+        if pooled
+        else "class probabilities averaged over a recording's windows",
+        "notes": [] if pooled else list(STANDARD_NOTES),
+    }
     summary.update(summarize_folds(per_fold))
     summary["n_recordings"] = len(used)
-    summary["n_without_fold"] = len(manifest) - len(used)
+    summary["n_without_fold"] = len(manifest) - len(listed)
+    summary["without_modality"] = {
+        "rule": "a row without an audio track is in no training or test set (counted and listed)",
+        "count": len(without),
+        "paths": [str(manifest.rows[r]["path"]) for r in without],
+    }
     summary["n_test_official"] = sum(f["n_test"] for f in per_fold)
     summary["unreadable_test_videos"] = sum(f["unreadable_test_videos"] for f in per_fold)
     summary["folds_column"] = folds_column

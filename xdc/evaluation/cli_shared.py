@@ -154,14 +154,16 @@ def describe(source: EvalEncoders) -> str:
     return source.checkpoint
 
 
-def add_encoder_arguments(p: argparse.ArgumentParser) -> None:
-    """The ``EvalOptions`` flags."""
+def add_encoder_arguments(
+    p: argparse.ArgumentParser, clips_help: str = "uniformly spaced clips per video (10)"
+) -> None:
+    """The ``EvalOptions`` flags; ``clips_help``: what ``--clips`` means to this command."""
     add = p.add_argument
     add("--checkpoint", required=True, help="run folder (or its checkpoint.pt), or 'random'")
     add("--data", default=None, help="manifest CSV (default: the one the run trained on)")
     add_architecture_arguments(p)
     add("--seed", type=int, default=0, help="random only: initialisation seed (default 0)")
-    add("--clips", type=int, default=DEFAULT_CLIPS, help="uniformly spaced clips per video (10)")
+    add("--clips", type=int, default=DEFAULT_CLIPS, help=clips_help)
     add(
         "--bn-statistics",
         choices=BN_STATISTICS,
@@ -209,12 +211,12 @@ def add_split_arguments(p: argparse.ArgumentParser, train_role: str, test_role: 
 
 
 def add_protocol_parser(
-    sub: Subcommands, name: str, help: str, description: str
+    sub: Subcommands, name: str, help: str, description: str, **encoder_flags: str
 ) -> argparse.ArgumentParser:
-    """A sub-command that evaluates encoders and writes a result: the ``EvalOptions`` flags and
-    ``--json`` / ``--out-dir``."""
+    """A sub-command that evaluates encoders and writes a result: the ``EvalOptions`` flags
+    (``encoder_flags``: ``add_encoder_arguments`` keywords) and ``--json`` / ``--out-dir``."""
     p = sub.add_parser(name, help=help, description=description)
-    add_encoder_arguments(p)
+    add_encoder_arguments(p, **encoder_flags)
     add_output_arguments(p)
     return p
 

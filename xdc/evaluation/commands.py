@@ -10,8 +10,11 @@ object. Progress bars and notes go to stderr.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
+from xdc.errors import ConfigError
 from xdc.evaluation.cli_shared import (
     EvalOptions,
     Subcommands,
@@ -152,15 +155,35 @@ def add_linear_probe_parser(sub: Subcommands) -> None:
 
 def cmd_audio_probe(
     options: EvalOptions,
-    folds_column: str = "fold",
+    folds_column: str | None = None,
     as_json: bool = False,
     out_dir: str | None = None,
+    protocol: str = "standard",
+    benchmark: str | None = None,
+    window_sec: float | None = None,
 ) -> int:
-    """k-fold audio classification (ESC-50 / DCASE style); writes ``audio_probe.json``."""
-    from xdc.evaluation.audio_probe import audio_probe
+    """Audio classification over folds or an official split (ESC-50, DCASE2014); writes
+    ``audio_probe.json``. ``benchmark`` (esc50, dcase2014) gives the folds column and the windows
+    per recording unless ``folds_column`` / ``options.clips`` say otherwise."""
+    from xdc.evaluation.audio_probe import AUDIO_BENCHMARKS, WINDOW_SEC, audio_probe
 
+    preset: dict[str, Any] = {"folds_column": "fold", "windows": 10}
+    if benchmark:
+        if benchmark not in AUDIO_BENCHMARKS:
+            raise ConfigError(f"--benchmark {benchmark!r}: choose {' or '.join(AUDIO_BENCHMARKS)}")
+        preset = AUDIO_BENCHMARKS[benchmark]
+    if options.clips is None:
+        options = dataclasses.replace(options, clips=preset["windows"])
+    folds_column = folds_column or preset["folds_column"]
     source, manifest, folder = load_with_folder(options, out_dir, as_json)
-    r = audio_probe(source, manifest, folds_column, **options.run_kwargs())
+    r = audio_probe(
+        source,
+        manifest,
+        folds_column,
+        protocol=protocol,
+        window_sec=WINDOW_SEC if window_sec is None else window_sec,
+        **options.run_kwargs(),
+    )
     rows = [
         [
             f["fold"],
@@ -175,35 +198,78 @@ def cmd_audio_probe(
     ]
     rows += [["mean", r["top1"], r["top5"]], ["std", r["top1_std"], r["top5_std"]]]
     rows = [row + [""] * (7 - len(row)) for row in rows]
-    title = (
-        f"audio probe of {describe(source)}: {r['evaluation']}, "
-        f"{options.clips} sub-clips per recording"
+    how = (
+        f"{r['windows']} windows of {r['window_sec']:g} s per recording averaged into one vector"
+        if protocol == "xdc-pooled"
+        else f"trained on {r['windows']} windows of {r['window_sec']:g} s per recording, "
+        "probabilities averaged per recording"
     )
+    title = f"audio probe ({protocol}) of {describe(source)}: {r['evaluation']}, {how}"
     header = ["fold", "top-1", "top-5", "n_train", "n_test", "unreadable", "C"]
     table = format_table(title, header, rows)
     table += "\n" + statistics_line(r["bn_statistics"])
     table += "\n" + unreadable_line(r["unreadable_test_videos"], r["n_test_official"])
+    lacking = r["without_modality"]["count"]
+    if lacking:
+        table += f"\nrows without an audio track: {lacking}, in no training or test set"
     emit(r, folder, "audio_probe.json", as_json, table)
     return 0
 
 
 def add_audio_probe_parser(sub: Subcommands) -> None:
+    from xdc.evaluation.audio_probe import AUDIO_BENCHMARKS, AUDIO_PROTOCOLS
+
     p = add_protocol_parser(
         sub,
         "audio-probe",
-        help="k-fold linear classification of frozen audio features (ESC-50, DCASE)",
-        description="Folds from a manifest column; features averaged over N sub-clips "
-        "(BatchNorm statistics per --bn-statistics; when recomputed, per fold on its training "
-        "recordings), logistic regression; an unreadable test recording counts as wrong.",
+        help="linear classification of frozen audio features over folds or an official split "
+        "(ESC-50, DCASE2014)",
+        description="Folds from a manifest column, or its one official train/test split (DCASE). "
+        "--protocol standard (default; AVTS as AVID-CMA and GDT run it): 2-s windows (--clips "
+        "per recording: 10, or 60 with --benchmark dcase2014), the classifier trained on window "
+        "features, probabilities averaged per recording. --protocol xdc-pooled (xdc's own): "
+        "windows of the run's clip length averaged into one vector per recording. BatchNorm "
+        "statistics per --bn-statistics (when recomputed, per fold on its training recordings); "
+        "inner cross-validation grouped by recording or the 'group' column; an unreadable test "
+        "recording counts as wrong; a row without audio is in no set (counted).",
+        clips_help="windows per recording (10; with --benchmark dcase2014: 60)",
     )
     p.add_argument(
         "--folds-column",
-        default="fold",
-        help="manifest column with each row's fold (ESC-50: fold); a column holding train and "
-        "test (DCASE2014: split) is one official split: train on train, test on test",
+        default=None,
+        help="manifest column with each row's fold (default fold; dcase2014: split); a column "
+        "holding train and test is one official split: train on train, test on test",
+    )
+    p.add_argument(
+        "--protocol",
+        choices=AUDIO_PROTOCOLS,
+        default="standard",
+        help="standard (default: window features, scores averaged per recording) or xdc-pooled",
+    )
+    p.add_argument(
+        "--benchmark",
+        choices=tuple(AUDIO_BENCHMARKS),
+        default=None,
+        help="esc50 (folds column fold, 10 windows) or dcase2014 (official split column split, "
+        "60 windows per recording)",
+    )
+    p.add_argument(
+        "--window-sec",
+        type=float,
+        default=None,
+        help="standard: window length in seconds (2)",
     )
     p.set_defaults(
-        run=lambda a: cmd_audio_probe(EvalOptions.from_args(a), a.folds_column, a.json, a.out_dir)
+        clips=None,
+        run=lambda a: cmd_audio_probe(
+            EvalOptions.from_args(a),
+            a.folds_column,
+            a.json,
+            a.out_dir,
+            a.protocol,
+            a.benchmark,
+            a.window_sec,
+        ),
     )
 
 

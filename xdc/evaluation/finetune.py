@@ -1,35 +1,42 @@
-"""Full finetuning on labelled videos: the UCF101 / HMDB51 protocol of the paper.
+"""Full finetuning on labelled videos: the UCF101 / HMDB51 protocol.
 
 An encoder (pretrained, or random for the baseline) gets a fresh linear classifier over the
 manifest's classes and ALL its parameters are trained with cross-entropy on random clips (temporal
 jittering, random crop, flip); ``--encoder-lr-scale 0`` trains the head only, with the encoder in
-eval mode (its weights and BatchNorm statistics stay exactly as loaded). Each test video is
-classified by averaging the softmax of ``test_clips`` uniformly spaced clips × ``test_crops``
-crops (1: centre; 3: both ends and the centre of the long side, as GDT tests), video-level top-1;
-the paper reports the mean over the 3 official splits (manifest columns ``split_1`` … ``split_3``).
-The test runs the model in eval mode with the BatchNorm statistics learned while finetuning, as
-the field's published code does (nothing is recomputed). A test video none of whose clips decoded
-stays in the denominator and counts as wrong (``unreadable_test_videos`` in every result).
+eval mode (its weights and BatchNorm statistics stay exactly as loaded). ``--protocol NAME`` sets
+everything as a published recipe did (``finetune_protocols``: ``xdc``, ``xdc-32``, ``avid-cma``,
+``avid-cma-32``, ``gdt``; ``quick``, the default, is xdc's own): clips per video, optimizer,
+per-epoch learning rates, head warm-up, dropout, resized crops and colour jitter
+(``finetune_clips``), test clips x crops and what is averaged. Flags on top of a recipe are
+recorded and the result is labelled "modified". Each test video is classified from the average
+over ``test_clips`` uniformly spaced clips x ``test_crops`` crops (1: centre; 3: both ends and
+the centre of the long side, as GDT tests) of the softmax (or the logits, GDT), video-level
+top-1; the paper reports the mean over the 3 official splits (manifest columns ``split_1`` ...
+``split_3``). The test runs the model in eval mode with the BatchNorm statistics learned while
+finetuning, as the field's published code does (nothing is recomputed). A test video none of
+whose clips decoded stays in the denominator and counts as wrong (``unreadable_test_videos`` in
+every result); a test video without the modality finetuned (``--modality audio``: no audio track)
+is not part of the test set, and the result counts and lists it (``without_modality``).
 
-Each split has its own folder (``OUT/split_1`` …) with a checkpoint per epoch; re-running the same
+Each split has its own folder (``OUT/split_1`` ...) with a checkpoint per epoch; re-running the same
 command resumes an unfinished split and skips a finished one (``result.json`` marks it). Everything
 random is a function of (seed, epoch, clip), so a resumed split ends with the same weights as an
 uninterrupted one. Outputs per split: ``result.json``, ``per_class_accuracy.json``,
 ``confusion.csv`` / ``.npy`` (rows: true class, columns: predicted), ``predictions.csv``,
 ``curve.jsonl``; for the whole command: ``OUT/finetune_config.json`` and ``OUT/finetune.json``.
 
-The module reads top-down: what a finetuning starts from (``FinetuneSettings``, one field per
-command-line flag; the encoder ``--checkpoint RUN|FILE|random`` names, ``EncoderSource``; the
-split columns and datasets, ``SplitData``; the identity an output folder, a split checkpoint or a
-finished result must match to be resumed or reused), the loop and the test, what it writes, and
-the ``xdc finetune`` command (``add_finetune_parser`` / ``cmd_finetune``).
+The module reads top-down: what a finetuning starts from (``FinetuneSettings`` from
+``finetune_protocols``, one field per command-line flag; the encoder ``--checkpoint
+RUN|FILE|random`` names, ``EncoderSource``; the split columns and datasets, ``SplitData``; the
+identity an output folder, a split checkpoint or a finished result must match to be resumed or
+reused), the loop and the test, what it writes, and the ``xdc finetune`` command
+(``add_finetune_parser`` / ``cmd_finetune``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import dataclasses
 import hashlib
 import json
@@ -47,16 +54,29 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xdc import atomic, optim, seeds
-from xdc.atomic import write_json
 from xdc.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from xdc.config import DataConfig, PretrainConfig, config_diff
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader, epoch_keys, fixed_keys
 from xdc.data.manifest import Manifest, read_manifest
-from xdc.data.transforms import crop_and_flip
 from xdc.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from xdc.evaluation.cli_shared import Subcommands, add_architecture_arguments, add_device_arguments
 from xdc.evaluation.encoders import RANDOM, load_eval_encoders, parse_overrides
 from xdc.evaluation.extract import split_rows
+from xdc.evaluation.finetune_clips import ThreeCropClips, TrainAugment
+from xdc.evaluation.finetune_protocols import (
+    BENCHMARKS,
+    PROTOCOLS,
+    FinetuneSettings,
+    data_overrides,
+    protocol_record,
+    recipe_settings,
+)
+from xdc.evaluation.finetune_results import (
+    RESULT_NAME,
+    summarize_splits,
+    write_curve,
+    write_split_outputs,
+)
 from xdc.evaluation.protocol import unreadable_line
 from xdc.features import mean_per_video
 from xdc.models.heads import ClassifierHead
@@ -69,92 +89,6 @@ from xdc.run import resolve_device
 SETTINGS_NAME = "finetune_config.json"
 # Data settings that change how fast clips load, never which clips: free to differ on resume.
 RUNTIME_DATA_KEYS = ("num_workers", "cache", "cache_gib")
-# Finetuning defaults on top of the run's clip settings (user overrides win): the paper's recipe
-# uses crops and flips, not the strong augmentation of the tiny pretraining preset.
-FINETUNE_DATA_DEFAULTS = ("data.augment=none", "data.spec_augment=false")
-
-
-def _flag(default: Any, help: str) -> Any:
-    """A settings field whose ``help`` is also the help of its command-line flag."""
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """How to finetune. Each field is the ``xdc finetune`` flag of the same name (``encoder_lr_scale``
-    → ``--encoder-lr-scale``) and documents itself in ``metadata["help"]``. [U]: the paper does not
-    publish its finetuning recipe; these defaults are sensible guesses, all configurable."""
-
-    modality: str = _flag("video", "encoder to finetune: video (UCF101/HMDB51) or audio")
-    epochs: int = _flag(10, "training epochs per split [U]")
-    lr: float = _flag(0.01, "peak learning rate of the new classifier; SGD [U]")
-    encoder_lr_scale: float = _flag(
-        1.0,
-        "the encoder learns at lr x this: 1 trains everything alike; below 1 keeps a pretrained "
-        "encoder nearer its start while the new head catches up; 0 trains the head only: the "
-        "encoder stays in eval mode, weights and BatchNorm statistics unchanged",
-    )
-    batch_size: int = _flag(16, "clips per step")
-    momentum: float = _flag(0.9, "SGD momentum")
-    weight_decay: float = _flag(5e-4, "L2 penalty on every parameter [U]")
-    schedule: str = _flag("cosine", "after warm-up: cosine (to lr_min), step or constant")
-    step_epochs: tuple[int, ...] = _flag(
-        (), "epochs where the step schedule divides the lr by 10, e.g. 6,8"
-    )
-    warmup_epochs: float = _flag(1.0, "linear warm-up length in epochs")
-    lr_min: float = _flag(0.0, "final learning rate of the cosine schedule")
-    grad_clip: float = _flag(10.0, "clip the global gradient norm to this (0 = off)")
-    test_clips: int = _flag(10, "uniformly spaced clips per test video whose softmax is averaged")
-    test_crops: int = _flag(
-        1, "crops per test clip: 1 (centre) or 3 (both ends and centre of the long side, as GDT)"
-    )
-    eval_every: int = _flag(0, "also test every N epochs (0 = only at the end)")
-    train_split: str = _flag("train", "value of the split column that marks training videos")
-    test_split: str = _flag("test", "value of the split column that marks test videos")
-    seed: int = _flag(
-        0, "seed of the head (and of a random encoder), the clips and their augmentation"
-    )
-    amp: bool = _flag(True, "mixed precision on CUDA (ignored on CPU)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def validate(self) -> None:
-        """Raise ``ConfigError`` naming the flag of the first invalid value."""
-        checks = [
-            (self.modality in ("video", "audio"), "--modality", "must be video or audio"),
-            (self.epochs >= 1, "--epochs", "must be >= 1"),
-            (self.lr > 0, "--lr", "must be > 0"),
-            (self.encoder_lr_scale >= 0, "--encoder-lr-scale", "must be >= 0"),
-            (self.batch_size >= 1, "--batch-size", "must be >= 1"),
-            (0 <= self.momentum < 1, "--momentum", "must be in [0, 1)"),
-            (self.weight_decay >= 0, "--weight-decay", "must be >= 0"),
-            (
-                self.schedule in ("cosine", "step", "constant"),
-                "--schedule",
-                "must be cosine, step or constant",
-            ),
-            (
-                self.schedule != "step" or bool(self.step_epochs),
-                "--step-epochs",
-                "is needed by --schedule step",
-            ),
-            (self.warmup_epochs >= 0, "--warmup-epochs", "must be >= 0"),
-            (0 <= self.lr_min <= self.lr, "--lr-min", "must be in [0, --lr]"),
-            (self.grad_clip >= 0, "--grad-clip", "must be >= 0 (0 = off)"),
-            (self.test_clips >= 1, "--test-clips", "must be >= 1"),
-            (self.eval_every >= 0, "--eval-every", "must be >= 0 (0 = only at the end)"),
-            (self.test_crops in (1, 3), "--test-crops", "must be 1 or 3"),
-            (
-                self.test_crops == 1 or self.modality == "video",
-                "--test-crops",
-                "3 crops apply to video; pass --test-crops 1 with --modality audio",
-            ),
-            (self.train_split != self.test_split, "--test-split", "must differ from --train-split"),
-        ]
-        for ok, flag, message in checks:
-            if not ok:
-                raise ConfigError(f"{flag}: {message}")
 
 
 @dataclass
@@ -164,9 +98,12 @@ class EncoderSource:
     encoder: nn.Module
     """Initial encoder of the modality (each split trains its own copy)."""
     config: PretrainConfig
-    """Its architecture (``model``) and the clip parameters to train and test with (``data``)."""
+    """Its architecture (``model``) and the clip parameters to train and test with (``data``):
+    the run's, then the recipe's clip settings, then the user's ``data.*`` overrides."""
     description: dict[str, Any]
     """JSON-friendly: ``checkpoint`` ("random" or the path), ``weights_sha256``, ``model``, ``clips``."""
+    overrides: list[str] = field(default_factory=list)
+    """The user's ``data.*`` / ``model.*`` overrides, as given."""
 
     def fresh(self) -> nn.Module:
         return copy.deepcopy(self.encoder)
@@ -179,8 +116,10 @@ def load_encoder_source(
     like: str | Path | None = None,
     preset: str | None = None,
     overrides: Sequence[str] = (),
+    recipe_data: Sequence[str] = (),
 ) -> EncoderSource:
-    """The encoder ``--checkpoint RUN|FILE|random`` names, with ``data.key=value`` overrides.
+    """The encoder ``--checkpoint RUN|FILE|random`` names, its clip settings with the recipe's
+    (``recipe_data``, ``data.key=value``) and then the user's ``overrides`` applied.
 
     A run's architecture is fixed by its checkpoint; ``random`` takes it from ``--like RUN`` or
     ``--preset`` (``model.key=value`` overrides allowed) and its weights from ``seed``.
@@ -201,7 +140,7 @@ def load_encoder_source(
             str(checkpoint),
             None if like is None else str(like),
             preset,
-            [*FINETUNE_DATA_DEFAULTS, *overrides],
+            [*recipe_data, *overrides],
             seed,
         )
     except CheckpointError as err:
@@ -221,7 +160,24 @@ def load_encoder_source(
         "model": dataclasses.asdict(found.config.model),
         "clips": data,
     }
-    return EncoderSource(encoder, found.config, description)
+    return EncoderSource(encoder, found.config, description, list(overrides))
+
+
+def describe_protocol(source: EncoderSource, settings: FinetuneSettings) -> dict[str, Any]:
+    """``protocol_record`` of a finetuning: the recipe, what was used, what differs from it."""
+    recipe_keys = {
+        o.split("=", 1)[0] for o in data_overrides(settings.protocol, settings.benchmark)
+    }
+    runtime = {f"data.{k}" for k in RUNTIME_DATA_KEYS}
+    extra = [o for o in source.overrides if o.split("=", 1)[0].strip() not in recipe_keys | runtime]
+    notes = []
+    video = source.config.model.video
+    if settings.protocol != "quick" and not video.startswith("r2plus1d"):
+        notes.append(
+            f"the published numbers of this recipe use an R(2+1)D video encoder; this one is {video}"
+        )
+    data = dataclasses.asdict(source.config.data)
+    return protocol_record(settings, data, extra, notes)
 
 
 def finetune_rows(
@@ -267,6 +223,8 @@ class SplitData:
     train_set: ClipDataset
     eval_set: ClipDataset
     failures: set[str] = field(default_factory=set)
+    without_modality: list[str] = field(default_factory=list)
+    """Test videos without the finetuned modality: not in the test set (counted and listed)."""
 
     def report_failures(self, failures: Sequence[str]) -> None:
         for f in failures:
@@ -282,17 +240,29 @@ def load_split(
     clips: DataConfig,
     progress: bool = True,
 ) -> SplitData:
-    """Datasets of one split: random training clips and fixed test clips of ``settings.modality``."""
+    """Datasets of one split: random training clips and fixed test clips of ``settings.modality``.
+
+    With ``--augment resized-crop`` the training clips are squares of the full short side
+    (``data.resize_short``), cut down to ``data.crop_size`` by ``TrainAugment``."""
     manifest = read_manifest(data)
     train, test = finetune_rows(manifest, column, settings)
     sub = manifest.subset(train + test)  # keeps the class numbering of the whole manifest
     modalities = (settings.modality,)
-    train_set = ClipDataset(sub, clips, train=True, modalities=modalities)
+    train_clips = clips
+    if settings.augment == "resized-crop":
+        if clips.resize_short < clips.crop_size:
+            raise ConfigError(
+                f"--augment resized-crop crops inside the short side's square: data.resize_short "
+                f"({clips.resize_short}) must be >= data.crop_size ({clips.crop_size})"
+            )
+        train_clips = dataclasses.replace(clips, crop_size=clips.resize_short)
+    train_set = ClipDataset(sub, train_clips, train=True, modalities=modalities)
     test_dataset = ThreeCropClips if settings.test_crops == 3 else ClipDataset
     eval_set = test_dataset(sub, clips, train=False, modalities=modalities, replace_failed=False)
     usable = set(train_set.rows)
     train_rows = [r for r in range(len(train)) if r in usable]
     test_rows = [r for r in range(len(train), len(sub)) if r in usable]
+    without = [r for r in range(len(train), len(sub)) if r not in usable]
     if not train_rows or not test_rows:
         raise DataError(
             f"{data}: split {column!r} has no {settings.modality} videos left in its train or test set"
@@ -300,7 +270,11 @@ def load_split(
     train_set.replacement_pool = train_rows  # a broken training video is replaced by another one
     if clips.cache == "memory":
         eval_set.cache = train_set.build_cache(progress)
-    return SplitData(column, list(manifest.label_names), train_rows, test_rows, train_set, eval_set)
+    split = SplitData(
+        column, list(manifest.label_names), train_rows, test_rows, train_set, eval_set
+    )
+    split.without_modality = [str(sub.path(r)) for r in without]
+    return split
 
 
 def one_line(err: Exception) -> str:
@@ -364,18 +338,65 @@ def prepare_folder(out: Path, identity: dict[str, Any], info: dict[str, Any]) ->
 EpochCallback = Callable[[dict[str, Any]], None]
 
 
-class FinetuneModel(nn.Module):
-    """An encoder and a new linear classifier: clips (B, 3, T, H, W) or log-mel (B, 1, M, F) → (B, K)."""
+class SeededDropout(nn.Module):
+    """Dropout whose masks come from ``generator`` (set per batch by the loop, so that a resumed
+    epoch draws the masks an uninterrupted one did); the global generator when it is None."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, seed: int) -> None:
+    def __init__(self, p: float) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.head = ClassifierHead(cast(int, encoder.num_features), num_classes)
-        # Seeded apart from the global RNG: the same head whatever was drawn before.
-        self.head.reset_parameters(generator=seeds.torch_generator(seed, "finetune_head"))
+        self.p = p
+        self.generator: torch.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.encoder(x))
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, generator=self.generator, dtype=torch.float32)
+        mask = (keep >= self.p).to(device=x.device, dtype=x.dtype)
+        return x * mask / (1 - self.p)
+
+
+class FinetuneModel(nn.Module):
+    """An encoder, dropout and a new linear classifier: clips (B, 3, T, H, W) or log-mel
+    (B, 1, M, F) → (B, K) logits.
+
+    ``head_init``: ``normal`` (N(0, 0.01), bias 0), ``orthogonal`` (orthogonal weights, bias 0:
+    GDT) or ``pytorch`` (``nn.Linear``'s own: AVID-CMA); always drawn from ``seed``."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        seed: int,
+        dropout: float = 0.0,
+        head_init: str = "normal",
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = SeededDropout(dropout)
+        self.head = ClassifierHead(cast(int, encoder.num_features), num_classes)
+        # Seeded apart from the global RNG: the same head whatever was drawn before.
+        generator = seeds.torch_generator(seed, "finetune_head")
+        if head_init == "normal":
+            self.head.reset_parameters(generator=generator)
+        else:
+            with torch.no_grad():
+                weight = torch.empty(self.head.weight.shape)
+                if head_init == "orthogonal":
+                    nn.init.orthogonal_(weight, gain=1.0, generator=generator)
+                    bias = torch.zeros(num_classes)
+                else:
+                    nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+                    bound = 1 / math.sqrt(weight.shape[1])
+                    bias = torch.empty(num_classes).uniform_(-bound, bound, generator=generator)
+                self.head.weight.copy_(weight)
+                self.head.bias.copy_(bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(self.encoder(x)))
+
+    def classify(self, features: Tensor) -> Tensor:
+        """Logits of pooled features (B, D): dropout (when training), then the classifier."""
+        return self.head(self.dropout(features))
 
 
 def finetune(
@@ -393,29 +414,41 @@ def finetune(
 ) -> dict[str, Any]:
     """Finetune ``checkpoint`` (a run folder, a checkpoint file, or ``"random"``) on each split.
 
+    ``settings`` (default: the ``quick`` recipe; ``recipe_settings(NAME, BENCHMARK, ...)`` for a
+    named one) say how; the recipe's clip settings apply before ``overrides``.
     ``splits=[1, 2, 3]`` uses the manifest columns ``split_N`` and folders ``out/split_N``; ``None``
     uses the ``split`` column and ``out/split``. Every input is checked before any training.
     Returns the summary also written to ``out/finetune.json``: per split top-1 / top-5 / mean class
-    accuracy, and ``mean_top1`` / ``std_top1`` (sample standard deviation) over the splits.
+    accuracy, ``mean_top1`` / ``std_top1`` (sample standard deviation) over the splits, and the
+    ``protocol`` record.
     """
     settings = settings or FinetuneSettings()
     settings.validate()
     source = load_encoder_source(
-        checkpoint, settings.modality, settings.seed, like, preset, overrides
+        checkpoint,
+        settings.modality,
+        settings.seed,
+        like,
+        preset,
+        overrides,
+        data_overrides(settings.protocol, settings.benchmark),
     )
     columns = [f"split_{n}" for n in splits] if splits else ["split"]
     manifest = read_manifest(data)
     for column in columns:
         finetune_rows(manifest, column, settings)
     identity = finetune_identity(source, data, settings)
+    record = describe_protocol(source, settings)
     out = Path(out)
-    prepare_folder(out, identity, {"checkpoint": source.description["checkpoint"]})
+    info = {"checkpoint": source.description["checkpoint"], "protocol": record}
+    prepare_folder(out, identity, info)
+    inform(f"protocol: {record['label']}")
     dev = resolve_device(device)
     results = {
         c: finetune_split(source, data, out / c, c, settings, dev, progress, on_epoch)
         for c in columns
     }
-    return summarize_splits(results, source.description["checkpoint"], identity, out)
+    return summarize_splits(results, source.description["checkpoint"], identity, out, record)
 
 
 def finetune_split(
@@ -430,8 +463,10 @@ def finetune_split(
 ) -> dict[str, Any]:
     """Finetune on the training rows of manifest column ``column``, test on its test rows.
 
-    Resumes from ``out_dir/checkpoint.pt``; a finished split (``out_dir/result.json``) returns its
-    saved result at once. ``on_epoch(record)`` runs after each epoch's checkpoint is written.
+    ``settings.head_warmup_epochs`` epochs train the classifier alone first (their own optimizer,
+    at ``lr``), then ``settings.epochs`` epochs train everything. Resumes from
+    ``out_dir/checkpoint.pt``; a finished split (``out_dir/result.json``) returns its saved result
+    at once. ``on_epoch(record)`` runs after each epoch's checkpoint is written.
     Returns the result: top1, top5, mean_class_accuracy, per_class, counts, failed test videos.
     """
     settings = settings or FinetuneSettings()
@@ -445,35 +480,42 @@ def finetune_split(
         return result
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     split = load_split(data, column, settings, source.config.data, progress)
-    model = FinetuneModel(source.fresh(), len(split.label_names), settings.seed).to(dev)
-    optimizer = build_optimizer(model, settings)
+    model = FinetuneModel(
+        source.fresh(), len(split.label_names), settings.seed, settings.dropout, settings.head_init
+    ).to(dev)
+    optimizers = build_optimizers(model, settings)
     amp_dtype = optim.amp_dtype(dev, settings.amp)
     scaler = optim.grad_scaler(amp_dtype)
     epoch, seconds = 0, 0.0
     history: list[dict[str, Any]] = []
     ckpt = out_dir / CHECKPOINT_NAME
+    total = settings.head_warmup_epochs + settings.epochs
     if ckpt.is_file():
-        epoch, history, seconds = restore_split_state(ckpt, identity, model, optimizer, scaler)
-        inform(f"{column}: resuming after epoch {epoch} of {settings.epochs}")
+        epoch, history, seconds = restore_split_state(ckpt, identity, model, optimizers, scaler)
+        inform(f"{column}: resuming after epoch {epoch} of {total}")
     start = time.perf_counter() - seconds
-    while epoch < settings.epochs:
+    while epoch < total:
+        warm = epoch < settings.head_warmup_epochs
+        optimizer = optimizers["head_warmup" if warm else "finetune"]
         record = train_one_epoch(
             model, optimizer, scaler, split, epoch, settings, dev, amp_dtype, progress
         )
         epoch += 1
-        if settings.eval_every and epoch % settings.eval_every == 0 and epoch < settings.epochs:
+        if settings.eval_every and epoch % settings.eval_every == 0 and epoch < total:
             record["test_top1"] = evaluate(model, split, settings, dev, amp_dtype, progress)["top1"]
         history.append(record)
         spent = time.perf_counter() - start
-        save_split_state(ckpt, identity, model, optimizer, scaler, epoch, history, spent)
+        save_split_state(ckpt, identity, model, optimizers, scaler, epoch, history, spent)
         write_curve(out_dir, history)
-        inform(epoch_line(column, record, settings.epochs))
+        inform(epoch_line(column, record, total))
         if on_epoch is not None:
             on_epoch(record)
     evaluation = evaluate(model, split, settings, dev, amp_dtype, progress)
     history[-1]["test_top1"] = evaluation["top1"]
     write_curve(out_dir, history)
-    return _finish(out_dir, split, evaluation, identity, time.perf_counter() - start, settings)
+    record = describe_protocol(source, settings)
+    spent = time.perf_counter() - start
+    return _finish(out_dir, split, evaluation, identity, spent, settings, record)
 
 
 def _finish(
@@ -483,13 +525,15 @@ def _finish(
     identity: dict[str, Any],
     seconds: float,
     settings: FinetuneSettings,
+    protocol: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the split's result files (``result.json`` last) and print its test accuracy."""
     column = split.column
     evaluation["paths"] = [split.eval_set.manifest.rows[int(r)]["path"] for r in evaluation["rows"]]
+    evaluation["without_modality"] = list(split.without_modality)
     counts = {"train": len(split.train_rows), "test": len(split.test_rows)}
     result = write_split_outputs(
-        out_dir, column, split.label_names, evaluation, counts, identity, seconds
+        out_dir, column, split.label_names, evaluation, counts, identity, seconds, protocol
     )
     print(
         f"{column}: test top-1 {result['top1']:.4f} (video level, {settings.test_clips} clips x "
@@ -505,17 +549,70 @@ def head_only(settings: FinetuneSettings) -> bool:
     return settings.encoder_lr_scale == 0
 
 
-def build_optimizer(model: FinetuneModel, settings: FinetuneSettings) -> torch.optim.Optimizer:
-    """SGD with two groups: the encoder (lr × encoder_lr_scale) and the new head (lr); the head
-    alone when it trains alone (the frozen encoder gets no gradient and no weight decay)."""
-    groups = [{"params": list(model.head.parameters()), "lr_scale": 1.0}]
+def make_optimizer(
+    groups: list[dict[str, Any]], settings: FinetuneSettings
+) -> torch.optim.Optimizer:
+    """``settings.optimizer`` over parameter groups (each with its ``lr_scale``)."""
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    return torch.optim.SGD(
+        groups,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        nesterov=settings.nesterov,
+    )
+
+
+def build_optimizers(
+    model: FinetuneModel, settings: FinetuneSettings
+) -> dict[str, torch.optim.Optimizer]:
+    """``finetune``: two groups, the encoder (lr × encoder_lr_scale) and the new head (lr); the
+    head alone when it trains alone (the frozen encoder gets no gradient and no weight decay).
+    ``head_warmup`` (with ``head_warmup_epochs``): the head alone, for the warm-up epochs."""
+    head = {"params": list(model.head.parameters()), "lr_scale": 1.0}
+    groups = [head]
     if not head_only(settings):
         encoder = {
             "params": list(model.encoder.parameters()),
             "lr_scale": settings.encoder_lr_scale,
         }
         groups.insert(0, encoder)
-    return optim.sgd(groups, settings)
+    found = {"finetune": make_optimizer(groups, settings)}
+    if settings.head_warmup_epochs:
+        found["head_warmup"] = make_optimizer([dict(head)], settings)
+    return found
+
+
+def epoch_lr(settings: FinetuneSettings, epoch: int, step: int, steps: int) -> float:
+    """The learning rate of step ``step`` of ``steps`` in epoch ``epoch`` (0-based, warm-up
+    epochs included): ``lr`` during the head warm-up; then ``lr x lr_factors[e]`` for the
+    ``epochs`` schedule (constant within an epoch, as the published recipes step), else
+    ``xdc.optim.lr_at`` at the step's midpoint."""
+    if epoch < settings.head_warmup_epochs:
+        return settings.lr
+    e = epoch - settings.head_warmup_epochs
+    if settings.schedule == "epochs":
+        return settings.lr * settings.lr_factors[e]
+    return optim.lr_at(optim.step_position(e, step, steps), settings.epochs, settings)
+
+
+def epoch_clip_keys(split: SplitData, epoch: int, settings: FinetuneSettings) -> list[ClipKey]:
+    """The training clips of an epoch, a function of (seed, epoch): ``epoch_clips`` of them, or
+    ``clips_per_video`` (else the run's ``data.clips_per_video``) per training video, each video
+    in turn in a random order; with ``drop_last`` cut to whole batches."""
+    per_video = settings.clips_per_video or split.train_set.config.clips_per_video
+    count = settings.epoch_clips or len(split.train_rows) * per_video
+    keys = epoch_keys(split.train_rows, count, seeds.rng(settings.seed, "finetune_sample", epoch))
+    if settings.drop_last and len(keys) >= settings.batch_size:
+        keys = keys[: len(keys) // settings.batch_size * settings.batch_size]
+    return keys
+
+
+def batch_generator(keys: Sequence[ClipKey]) -> torch.Generator:
+    """The dropout stream of a batch: a child of its first clip's seed (``spawn_key=(3,)``)."""
+    state = np.random.SeedSequence(keys[0].seed, spawn_key=(3,)).generate_state(1, np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
 
 def train_one_epoch(
@@ -529,34 +626,50 @@ def train_one_epoch(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """One epoch of random clips (clips_per_video per training video, keys from (seed, epoch)).
+    """One epoch (0-based ``epoch``, head warm-up epochs first) of the clips of
+    ``epoch_clip_keys``, augmented by the recipe's ``TrainAugment``.
 
-    Returns the curve record: epoch (1-based), loss, train_acc, lr (at the last step), clips_per_s.
+    During the head warm-up the encoder runs in train mode (its BatchNorm statistics move, as in
+    AVID-CMA) without gradients; with ``encoder_lr_scale`` 0 it stays in eval mode throughout.
+    Returns the curve record: epoch (1-based), phase, loss, train_acc, clips (seen), lr (at the
+    last step), clips_per_s.
     """
-    per_epoch = len(split.train_rows) * split.train_set.config.clips_per_video
-    rng = seeds.rng(settings.seed, "finetune_sample", epoch)
-    keys = epoch_keys(split.train_rows, per_epoch, rng)
+    keys = epoch_clip_keys(split, epoch, settings)
     loader = clip_loader(
         split.train_set, keys, settings.batch_size, pin_memory=device.type == "cuda"
     )
+    augment = TrainAugment(
+        split.eval_set.config.crop_size,
+        settings.augment == "resized-crop",
+        settings.crop_min_area,
+        settings.colour_jitter,
+        settings.colour_jitter_p,
+    )
+    warm = epoch < settings.head_warmup_epochs
     model.train()
     frozen = head_only(settings)
     if frozen:  # head only: BatchNorm statistics stay those of the loaded encoder
         model.encoder.eval()
+    no_encoder_grad = frozen or warm
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, correct predictions
     seen, lr, start = 0, settings.lr, time.perf_counter()
     bar = track(loader, desc=f"{split.column} epoch {epoch + 1}", enabled=progress, leave=False)
     for i, batch in enumerate(bar):
         split.report_failures(batch["failures"])
-        lr = optim.lr_at(optim.step_position(epoch, i, len(loader)), settings.epochs, settings)
+        batch_keys = keys[i * settings.batch_size : (i + 1) * settings.batch_size]
+        lr = epoch_lr(settings, epoch, i, len(loader))
         optim.set_lr(optimizer, lr)
         x = batch[settings.modality].to(device, non_blocking=True)
+        if augment.active:
+            x = augment(x, batch_keys)
         y = batch["label"].to(device, non_blocking=True)
+        model.dropout.generator = batch_generator(batch_keys)
         with optim.autocast(device, amp_dtype):
-            if frozen:
+            if no_encoder_grad:
                 with torch.no_grad():
                     features = model.encoder(x)
-                logits = model.head(features)
+                logits = model.classify(features)
             else:
                 logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
@@ -564,7 +677,7 @@ def train_one_epoch(
         scaler.scale(loss).backward()
         if settings.grad_clip > 0:
             scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            nn.utils.clip_grad_norm_(params, settings.grad_clip)
         scaler.step(optimizer)
         scaler.update()
         # Summed on the device: no host synchronisation per step.
@@ -572,6 +685,7 @@ def train_one_epoch(
             [loss.detach().double() * len(y), (logits.argmax(1) == y).sum().double()]
         )
         seen += len(y)
+    model.dropout.generator = None
     loss_sum, correct = (float(v) for v in sums.cpu())
     if not math.isfinite(loss_sum):
         raise TrainingDiverged(
@@ -580,47 +694,13 @@ def train_one_epoch(
         )
     return {
         "epoch": epoch + 1,
+        "phase": "head warm-up" if warm else "finetune",
         "loss": loss_sum / max(1, seen),
         "train_acc": correct / max(1, seen),
+        "clips": seen,
         "lr": lr,
         "clips_per_s": seen / max(1e-9, time.perf_counter() - start),
     }
-
-
-def long_side_windows(frames: np.ndarray, size: int) -> list[np.ndarray]:
-    """(T, H, W, 3) frames → three windows of the full short side and ``size`` along the long side:
-    at its start, its centre and its end. The centre crop of each is one of ``three_crops``."""
-    height, width = frames.shape[1:3]
-    if height < size or width < size:
-        raise ValueError(f"frames of {height}x{width} are smaller than the crop size {size}")
-    if width >= height:
-        return [frames[:, :, x : x + size] for x in (0, (width - size) // 2, width - size)]
-    return [frames[:, y : y + size] for y in (0, (height - size) // 2, height - size)]
-
-
-def three_crops(frames: np.ndarray, size: int) -> list[np.ndarray]:
-    """(T, H, W, 3) frames → three (T, size, size, 3) crops: at the start, the centre and the end
-    of the long side, centred on the short side (top/centre/bottom for a portrait video)."""
-    return [crop_and_flip(w, size, None, flip=False) for w in long_side_windows(frames, size)]
-
-
-class ThreeCropClips(ClipDataset):
-    """Test clips of ``three_crops`` each: a sample's video is (3 crops, 3, T, S, S) uint8.
-
-    Each crop is the dataset's own centre crop of one ``long_side_windows`` window, so the clip
-    pipeline (decoding, cache, resizing, whatever follows the crop) is the dataset's."""
-
-    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Tensor]:
-        crop = super()._video
-        views = [crop(w, rng) for w in long_side_windows(frames, self.config.crop_size)]
-        return {k: torch.stack([v[k] for v in views]) for k in views[0]}
-
-    def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:
-        sample = super()._invalid(row, key, failures)
-        for name in ("video", "video_raw"):
-            if name in sample:
-                sample[name] = sample[name].unsqueeze(0).repeat(3, *[1] * sample[name].dim())
-        return sample
 
 
 @torch.no_grad()
@@ -632,8 +712,9 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Video-level class probabilities of the test videos: softmax averaged over ``test_clips``
-    uniformly spaced clips × ``test_crops`` crops, with the model in eval mode (the BatchNorm
+    """Video-level class probabilities of the test videos: the softmax averaged over
+    ``test_clips`` uniformly spaced clips × ``test_crops`` crops (``test_average`` logits: the
+    softmax of the averaged logits, GDT's rule), with the model in eval mode (the BatchNorm
     statistics it learned; nothing recomputed). A test video none of whose clips decoded has no
     probabilities and counts as wrong in ``top1``.
 
@@ -655,7 +736,8 @@ def evaluate(
             crops = x.shape[1] if x.dim() == 6 else 1  # (B, crops, 3, T, S, S) with 3 crops
             with optim.autocast(device, amp_dtype):
                 logits = model(x.flatten(0, 1).to(device) if crops > 1 else x.to(device))
-            probs.append(logits.float().softmax(1).cpu())
+            scores = logits.float()
+            probs.append((scores if settings.test_average == "logits" else scores.softmax(1)).cpu())
             rows.append(np.repeat(batch["index"][valid].numpy(), crops))
     model.train(was_training)
     if not rows:
@@ -663,6 +745,8 @@ def evaluate(
             f"{split.column}: no test clip could be decoded; re-run `xdc index` to re-probe the files"
         )
     videos, video_probs = mean_per_video(np.concatenate(rows), torch.cat(probs))
+    if settings.test_average == "logits":
+        video_probs = video_probs.softmax(1)
     manifest = split.eval_set.manifest
     labels = torch.as_tensor([manifest.label(int(r)) for r in videos])
     missing = sorted(set(split.test_rows) - set(videos.tolist()))
@@ -680,139 +764,18 @@ def evaluate(
 # --- what it writes ---------------------------------------------------------------------------
 
 
-RESULT_NAME = "result.json"
-SUMMARY_NAME = "finetune.json"
-
-
-def write_split_outputs(
-    out_dir: Path,
-    column: str,
-    label_names: Sequence[str],
-    evaluation: dict[str, Any],
-    counts: dict[str, int],
-    identity: dict[str, Any],
-    seconds: float,
-) -> dict[str, Any]:
-    """Write a split's per-class accuracy, confusion matrix and predictions per video, then
-    ``result.json`` (last: it marks the split as finished). Returns the result dict.
-
-    ``evaluation`` holds ``paths`` (V,), ``probs`` (V, K) video-level probabilities, ``labels`` (V,),
-    ``top1``, ``failed`` (paths of unreadable test videos) and ``missing_labels`` (their classes);
-    ``counts`` the numbers of training and test videos. Unreadable test videos count as wrong in
-    top-1, top-5 and per-class accuracy; they have no column in the confusion matrix and an empty
-    prediction in ``predictions.csv``.
-    """
-    names = list(label_names)
-    probs, labels = evaluation["probs"], evaluation["labels"]
-    missing = np.asarray(evaluation.get("missing_labels", []), dtype=np.int64)
-    predicted = probs.argmax(1)
-    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
-    np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
-    per_video = confusion.sum(1) + np.bincount(missing, minlength=len(names))
-    per_class = {
-        n: float(confusion[k, k] / per_video[k]) if per_video[k] else None
-        for k, n in enumerate(names)
-    }
-    np.save(out_dir / "confusion.npy", confusion)
-    with (out_dir / "confusion.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["true \\ predicted", *names])
-        writer.writerows([names[k], *confusion[k].tolist()] for k in range(len(names)))
-    with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label", "predicted", "probability"])
-        for path, label, pred, p in zip(
-            evaluation["paths"], labels.tolist(), predicted.tolist(), probs.tolist(), strict=True
-        ):
-            writer.writerow([path, names[label], names[pred], f"{p[pred]:.6f}"])
-        for path, label in zip(evaluation["failed"], missing.tolist(), strict=True):
-            writer.writerow([path, names[label], "", ""])  # unreadable: counted as wrong
-    test_videos = dict(zip(names, per_video.tolist(), strict=True))
-    write_json(
-        out_dir / "per_class_accuracy.json", {"accuracy": per_class, "test_videos": test_videos}
-    )
-    official = len(labels) + len(missing)
-    top5 = probs.topk(min(5, len(names)), dim=1).indices.eq(labels.unsqueeze(1)).any(1)
-    result = {
-        "split": column,
-        "top1": evaluation["top1"],
-        "top5": float(top5.double().sum()) / official,
-        "mean_class_accuracy": float(np.mean([v for v in per_class.values() if v is not None])),
-        "num_test_videos": official,
-        "unreadable_test_videos": len(missing),
-        "num_train_videos": counts["train"],
-        "failed_test_videos": evaluation["failed"],
-        "per_class": per_class,
-        "test": {
-            "clips": identity["finetune"]["test_clips"],
-            "crops": identity["finetune"]["test_crops"],
-            "bn_statistics": "learned while finetuning (model.eval(), nothing recomputed)",
-        },
-        "seconds": seconds,
-        "identity": identity,
-    }
-    write_json(out_dir / RESULT_NAME, result)
-    return result
-
-
-def write_curve(out_dir: Path, history: list[dict[str, Any]]) -> None:
-    """``curve.jsonl``: one record per epoch, rewritten from the checkpoint's history."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r) + "\n" for r in history)
-    atomic.write_text(out_dir / "curve.jsonl", text)
-
-
-def summarize_splits(
-    results: dict[str, dict[str, Any]], checkpoint: str, identity: dict[str, Any], out: Path
-) -> dict[str, Any]:
-    """Write ``out/finetune.json`` (each split's scores, the mean and sample std of top-1 over
-    the splits), print the table, and return the summary."""
-    top1 = np.array([r["top1"] for r in results.values()])
-    keys = ("top1", "top5", "mean_class_accuracy", "num_test_videos", "unreadable_test_videos")
-    summary = {
-        "splits": {name: {k: r[k] for k in keys} for name, r in results.items()},
-        "mean_top1": float(top1.mean()),
-        "std_top1": float(top1.std(ddof=1)) if len(top1) > 1 else 0.0,
-        "mean_top5": float(np.mean([r["top5"] for r in results.values()])),
-        "checkpoint": checkpoint,
-        "identity": identity,
-    }
-    write_json(out / SUMMARY_NAME, summary)
-    print(format_summary(summary), flush=True)
-    return summary
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """The printed table: one line per split, then the mean and standard deviation of top-1, and
-    how many test videos could not be read (counted as wrong)."""
-    lines = [
-        f"{'split':<10} {'top-1':>7} {'top-5':>7} {'class acc':>9} {'videos':>7} {'unreadable':>10}"
-    ]
-    unreadable = official = 0
-    for name, r in summary["splits"].items():
-        lost = r.get("unreadable_test_videos", 0)
-        unreadable, official = unreadable + lost, official + r["num_test_videos"]
-        lines.append(
-            f"{name:<10} {r['top1']:>7.4f} {r['top5']:>7.4f} {r['mean_class_accuracy']:>9.4f} "
-            f"{r['num_test_videos']:>7} {lost:>10}"
-        )
-    lines.append(f"{'mean':<10} {summary['mean_top1']:>7.4f} {summary['mean_top5']:>7.4f}")
-    lines.append(f"{'std':<10} {summary['std_top1']:>7.4f}")
-    lines.append(unreadable_line(unreadable, official))
-    return "\n".join(lines)
-
-
 def save_split_state(
     path: Path,
     identity: dict[str, Any],
     model: FinetuneModel,
-    optimizer: torch.optim.Optimizer,
+    optimizers: dict[str, torch.optim.Optimizer],
     scaler: torch.amp.GradScaler,
     epoch: int,
     history: list[dict[str, Any]],
     seconds: float,
 ) -> None:
-    """Write a split's checkpoint (atomically): weights, optimizer, scaler, curve, time spent."""
+    """Write a split's checkpoint (atomically): weights, optimizers (``optimizer``: the
+    finetuning one; ``head_warmup_optimizer`` when there is a warm-up), scaler, curve, time."""
     state = {
         "kind": "finetune",
         "identity": identity,
@@ -821,9 +784,11 @@ def save_split_state(
         "seconds": seconds,
         "encoder": model.encoder.state_dict(),
         "head": model.head.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizers["finetune"].state_dict(),
         "scaler": scaler.state_dict(),
     }
+    if "head_warmup" in optimizers:
+        state["head_warmup_optimizer"] = optimizers["head_warmup"].state_dict()
     save_checkpoint(state, path)
 
 
@@ -831,7 +796,7 @@ def restore_split_state(
     path: Path,
     identity: dict[str, Any],
     model: FinetuneModel,
-    optimizer: torch.optim.Optimizer,
+    optimizers: dict[str, torch.optim.Optimizer],
     scaler: torch.amp.GradScaler,
 ) -> tuple[int, list[dict[str, Any]], float]:
     """Load a split's checkpoint; returns (epochs done, curve records, seconds spent)."""
@@ -842,7 +807,9 @@ def restore_split_state(
     try:
         model.encoder.load_state_dict(state["encoder"])
         model.head.load_state_dict(state["head"])
-        optimizer.load_state_dict(state["optimizer"])
+        optimizers["finetune"].load_state_dict(state["optimizer"])
+        if "head_warmup" in optimizers:
+            optimizers["head_warmup"].load_state_dict(state["head_warmup_optimizer"])
         optim.load_scaler_state(scaler, state["scaler"])
     except (KeyError, RuntimeError, ValueError) as err:
         raise CheckpointError(
@@ -854,8 +821,9 @@ def restore_split_state(
 def epoch_line(column: str, record: dict[str, Any], epochs: int) -> str:
     """The line printed after each epoch."""
     test = f" | test top-1 {record['test_top1']:.4f}" if "test_top1" in record else ""
+    warm = " (head warm-up)" if record.get("phase") == "head warm-up" else ""
     return (
-        f"{column} epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f} acc {record['train_acc']:.4f} "
+        f"{column} epoch {record['epoch']}/{epochs}{warm}: loss {record['loss']:.4f} acc {record['train_acc']:.4f} "
         f"lr {record['lr']:.5f}{test} ({record['clips_per_s']:.1f} clips/s)"
     )
 
@@ -904,40 +872,70 @@ def cmd_finetune(
     return 0
 
 
+TUPLE_FLAGS = {"step_epochs": int, "lr_factors": float, "colour_jitter": float}
+"""List-valued settings: comma-separated on the command line (e.g. ``--step-epochs 6,8``)."""
+
+
 def _settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneSettings)}
-    try:
-        values["step_epochs"] = tuple(int(v) for v in args.step_epochs.split(",") if v.strip())
-    except ValueError:
-        raise ConfigError(
-            f"--step-epochs {args.step_epochs!r}: expected epochs such as 6,8"
-        ) from None
-    return FinetuneSettings(**values)
+    """The recipe of ``--protocol`` / ``--benchmark`` with every flag given on top of it."""
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(FinetuneSettings):
+        value = getattr(args, f.name)
+        if f.name in TUPLE_FLAGS and value is not None:
+            try:
+                value = tuple(TUPLE_FLAGS[f.name](v) for v in value.split(",") if v.strip())
+            except ValueError:
+                flag = "--" + f.name.replace("_", "-")
+                raise ConfigError(f"{flag} {value!r}: expected numbers such as 6,8") from None
+        changes[f.name] = value
+    protocol, benchmark = changes.pop("protocol"), changes.pop("benchmark") or ""
+    return recipe_settings(protocol, benchmark, **changes)
 
 
 def add_finetune_parser(sub: Subcommands) -> None:
     """Register ``xdc finetune``: one flag per ``FinetuneSettings`` field, plus what to finetune."""
     p = sub.add_parser(
         "finetune",
-        help="finetune a pretrained (or random) encoder on labelled videos: UCF101/HMDB51 protocol",
+        help="finetune a pretrained (or random) encoder on labelled videos: UCF101/HMDB51 "
+        "protocols (xdc, avid-cma, gdt recipes)",
         description="Full finetuning: a new linear classifier, every parameter trained; test top-1 "
-        "is video level (softmax averaged over --test-clips clips). Re-running the same command "
-        "resumes; finished splits are skipped. Extra arguments are data.key=value overrides "
-        "(model.key=value too with --checkpoint random), e.g. data.num_frames=32 as in the paper.",
+        "is video level (over --test-clips clips x --test-crops crops). --protocol sets every "
+        "setting as a published recipe did (xdc, xdc-32: XDC's release via VMZ; avid-cma, "
+        "avid-cma-32: AVID-CMA; gdt: GDT; quick, the default: xdc's own, not a published "
+        "protocol); --benchmark ucf101|hmdb51 picks the recipe's values for the data set. Any "
+        "flag or data.key=value given on top is recorded and the result is labelled 'modified'. "
+        "Re-running the same command resumes; finished splits are skipped. Extra arguments are "
+        "data.key=value overrides (model.key=value too with --checkpoint random).",
     )
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint file, or 'random'")
     p.add_argument("--data", required=True, help="labelled manifest (split or split_1..3 columns)")
     p.add_argument("--out", required=True, help="output folder (one sub-folder per split)")
     p.add_argument("--splits", default=None, help="official splits, e.g. 1,2,3 (columns split_N)")
+    quick = FinetuneSettings()
     for f in dataclasses.fields(FinetuneSettings):
         flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.name == "amp":
-            p.add_argument("--no-amp", dest="amp", action="store_false", help="no " + text)
-        elif f.name == "step_epochs":
-            p.add_argument(flag, default="", help=text)
+        default = getattr(quick, f.name)
+        if f.name == "protocol":
+            p.add_argument(flag, choices=PROTOCOLS, default="quick", help=text + " (quick)")
+        elif f.name == "benchmark":
+            p.add_argument(flag, choices=BENCHMARKS, default=None, help=text)
+        elif f.name == "amp":
+            p.add_argument(
+                "--no-amp", dest="amp", action="store_const", const=False, help="no " + text
+            )
+        elif isinstance(default, bool):
+            p.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{text} (quick: {default})",
+            )
+        elif f.name in TUPLE_FLAGS:
+            shown = ",".join(str(v) for v in default) or "none"
+            p.add_argument(flag, default=None, help=f"{text} (quick: {shown})")
         else:
             p.add_argument(
-                flag, type=type(f.default), default=f.default, help=f"{text} ({f.default})"
+                flag, type=type(default), default=None, help=f"{text} (quick: {default})"
             )
     add_architecture_arguments(p)
     add_device_arguments(p)

@@ -6,6 +6,10 @@ record.
 Denominators are the official lists: a test video none of whose clips decoded stays in the test
 set and counts as a wrong answer (retrieval: a miss). Every result says how many there were
 (``unreadable_test_videos`` of ``n_test_official``, and ``unreadable_line`` under every table).
+A test video that lacks the modality a protocol reads (no audio track for an audio probe, an
+audio-only file for a video one) is not part of that protocol's test set — the standard
+benchmarks have the modality for every item, so such a video is a property of the user's data,
+not a failure — and every result counts and lists them (``without_modality``, ``MODALITY_RULE``).
 """
 
 from __future__ import annotations
@@ -112,6 +116,26 @@ def unreadable_record(manifest: Manifest, official: int, rows: Sequence[int]) ->
     }
 
 
+MODALITY_RULE = (
+    "a test video without the modality a protocol reads is not in its test set (counted and "
+    "listed); an unreadable one is, and counts as wrong"
+)
+
+
+def without_modality(manifest: Manifest, rows: Sequence[int]) -> dict[str, Any]:
+    """Of ``rows`` (a test split), those without a video stream and those without an audio
+    track: ``{"rule", "video": {"count", "paths"}, "audio": {...}}``."""
+    lacking = {
+        "video": [r for r in rows if not manifest.has_video(r)],
+        "audio": [r for r in rows if not manifest.has_audio(r)],
+    }
+    out: dict[str, Any] = {"rule": MODALITY_RULE}
+    for modality, found in lacking.items():
+        paths = [str(manifest.rows[r]["path"]) for r in found]
+        out[modality] = {"count": len(found), "paths": paths}
+    return out
+
+
 def unreadable_line(unreadable: int, official: int) -> str:
     """The line under every result table: how many test videos could not be read."""
     return f"unreadable test videos: {unreadable} of {official}, counted as wrong"
@@ -126,7 +150,8 @@ def protocol_record(
     start: float,
     bn_statistics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The settings a train/test protocol's result ends with; ``start``: its ``perf_counter``."""
+    """The settings a train/test protocol's result ends with; ``start``: its ``perf_counter``.
+    ``without_modality`` counts the test videos each modality could not use."""
     return {
         "checkpoint": source.checkpoint,
         "data": str(manifest.source),
@@ -136,5 +161,6 @@ def protocol_record(
         "bn_clips": bn_clips,
         "bn_statistics": bn_statistics or {},
         "encoders": source.describe(),
+        "without_modality": without_modality(manifest, split_rows(manifest, splits[1])),
         "seconds": round(time.perf_counter() - start, 2),
     }
