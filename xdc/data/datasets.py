@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from xdc.config import DataConfig
@@ -138,6 +137,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self._warned: set[str] = set()
         self._paths: dict[int, str] = {}
         """Each row's path as text, made on its first load (a Path per clip costs more)."""
+        self._starts: dict[int, tuple[float, float]] = {}
+        """Each row's first clip start and the span its starts may cover (``clip_start``)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -193,9 +194,13 @@ class ClipDataset(Dataset[dict[str, Any]]):
         """Random start (training: temporal jittering) or the centre of the key's fixed clip,
         inside the row's segment when it has one (``Manifest.segment``); a segment or file
         shorter than a clip starts at its beginning (``data.overflow`` fills the rest)."""
-        segment = self.manifest.segment(row)
-        first = segment[0] if segment is not None else 0.0
-        span = max(0.0, self.manifest.duration(row) - clip_duration(self.spec_for(row)))
+        starts = self._starts.get(row)
+        if starts is None:
+            segment = self.manifest.segment(row)
+            first = segment[0] if segment is not None else 0.0
+            span = max(0.0, self.manifest.duration(row) - clip_duration(self.spec_for(row)))
+            starts = self._starts[row] = (first, span)
+        first, span = starts
         if key.clip < 0:
             return first + (float(rng.uniform(0.0, span)) if span > 0 else 0.0)
         return first + span * (key.clip + 0.5) / max(1, key.num_clips)
