@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc import seeds  # noqa: E402
+from xdc.allocator import keep_heap  # noqa: E402
 from xdc.config import DataConfig, build_config  # noqa: E402
 from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys  # noqa: E402
 from xdc.data.decode import clip_duration  # noqa: E402
@@ -281,6 +282,7 @@ def main() -> None:
         "--prepared-clips", type=int, default=48, help="clips per prepared-vs-raw measurement"
     )
     args = parser.parse_args()
+    keep_heap()  # as the xdc command does (xdc.allocator)
     if args.quick:  # the quick settings replace the defaults; flags given still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args()

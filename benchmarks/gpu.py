@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc import optim  # noqa: E402
+from xdc.allocator import keep_heap  # noqa: E402
 from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.audio import LogMel  # noqa: E402
 from xdc.data.datasets import (  # noqa: E402
@@ -189,6 +190,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
     parser.add_argument("--json", help="append the rows to this JSON-lines file")
     args = parser.parse_args()
+    keep_heap()  # as the xdc command does (xdc.allocator)
     if args.quick:  # the quick settings replace the defaults; flags given still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args()

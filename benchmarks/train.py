@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/train.py --quick --json rows.jsonl  # smoke run; rows as JSON lines
 
 For each configuration, in the same run:
-- model only: forward, cross-entropy on every head, backward and SGD step of the method's model
-  (both encoders and their heads) on random tensors of the loop's batch shapes and dtypes (uint8
+- model only: forward, cross-entropy on every head, backward, gradient clipping when the preset
+  clips (``train.grad_clip``) and SGD step of the method's model (both encoders and their heads)
+  on random tensors of the loop's batch shapes and dtypes (uint8
   clips, log-mel), no data loading; measured before and after the loop, and averaged, so that a
   change in the machine's load during the loop shows as a gap between the two;
 - the loop: ``xdc.training.pretrain`` on the demo videos (decoding or the RAM cache,
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from jsonrows import append_rows, make_row  # noqa: E402
 
+from xdc.allocator import keep_heap  # noqa: E402
 from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
@@ -100,6 +102,8 @@ def model_only(config: PretrainConfig, steps: int) -> float:
         loss = sum(F.cross_entropy(v, target) for v in logits.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[union-attr]
+        if config.train.grad_clip > 0:  # part of the preset's training step, as in the loop
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         optimizer.step()
     return steps * b / (time.perf_counter() - start)
 
@@ -130,6 +134,7 @@ def main() -> None:
     )
     parser.add_argument("--configs", default="tiny,stream")
     args = parser.parse_args()
+    keep_heap()  # as the xdc command does (xdc.allocator)
     if args.quick:  # the quick settings replace the defaults; flags given still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args()

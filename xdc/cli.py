@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from xdc.allocator import keep_heap
 from xdc.errors import XdcError
 from xdc.progress import inform
 
@@ -532,6 +533,7 @@ def _manifest_roots(
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    keep_heap()  # CPU batches reuse their memory instead of faulting it in again (xdc.allocator)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="xdc: %(message)s"
     )
