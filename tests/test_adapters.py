@@ -364,7 +364,11 @@ def test_audioset_lists_index_into_one_multilabel_manifest_probed_by_map(
     assert result["multi_label"] and result["n_test"] == 5 and result["n_classes"] == 3
     assert result["mAP"] == pytest.approx(np.mean(list(result["per_class"].values())))
     assert 0.0 < result["mAP"] <= 1.0 and result["n_classes_scored"] == 3
-    assert "linear probe" in printed
+    lines = printed.splitlines()
+    title = next(i for i, line in enumerate(lines) if line.startswith("linear probe (one-vs-rest"))
+    header, row = lines[title + 1], lines[title + 3]  # a rule line between them
+    assert all(name in header for name in ("mAP", "mAP clip", "hit@1", "classes scored"))
+    assert row.split()[:2] == ["audio", f"{result['mAP']:.3f}"] and "3 of 3" in row
 
 
 def test_vggsound_and_esc50_lists(

@@ -30,6 +30,18 @@ def test_demo_scores_val_by_default_and_test_only_when_asked(
     assert val["split"] == "val" and val["family"] == "appearance"
     assert (val["train_videos"], val["val_videos"], val["test_videos"]) == (6, 2, 2)
     assert set(val["linear_probe_top1"]) == {"random", "supervised"}
+    # Every number says what it follows: the standard probe, BatchNorm statistics per encoder.
+    protocol = val["protocol"]
+    assert protocol["name"] == "linear probe, stored BatchNorm statistics (standard)"
+    assert protocol["bn_statistics"] == "auto" and protocol["test_split"] == "val"
+    assert protocol["bn_statistics_used"] == {
+        "random": "recomputed on 512 training clips (a random init has none)",
+        "supervised": "stored (the checkpoint's)",
+    }
+    assert (
+        "protocol: linear probe, stored BatchNorm statistics (standard); random init: BatchNorm "
+        "statistics recomputed on 512 training clips (a random init has none); 1 clip per video"
+    ) in printed
     assert not (tmp_path / "demo-test.json").exists()
     mtime = (tmp_path / "seed0" / "supervised" / "checkpoint.pt").stat().st_mtime
     # The test split reuses the finished runs: only the probes run again.

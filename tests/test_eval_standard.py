@@ -349,6 +349,32 @@ def test_three_crop_clips_hold_the_centre_crop(demo_manifest: Path) -> None:
     assert torch.equal(three[1], one) and not torch.equal(three[0], three[2])
 
 
+class Mirrored(ClipDataset):
+    """A dataset that shows every clip mirrored, through the public hook alone."""
+
+    def video_views(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
+        views = super().video_views(frames, rng)
+        return {**views, "video_raw": views["video_raw"].flip(-1)}
+
+
+def test_video_views_is_the_one_hook_for_read_and_unreadable_clips(
+    broken_and_without: tuple[Path, Path, str],
+) -> None:
+    with_broken, _, broken = broken_and_without
+    manifest = read_manifest(with_broken)
+    config = load_eval_encoders("random", preset="tiny").config.data
+    bad = next(r for r in range(len(manifest)) if str(manifest.path(r)) == broken)
+    good = next(r for r in split_rows(manifest, "test") if r != bad)
+    key, failed = fixed_keys([good], 1)[0], fixed_keys([bad], 1)[0]
+    plain = ClipDataset(manifest, config, train=False, modalities=("video",))[key]["video"]
+    assert torch.equal(Mirrored(manifest, config, train=False, modalities=("video",))[key]["video"],
+                       plain.flip(-1))  # fmt: skip
+    three = ThreeCropClips(manifest, config, train=False, modalities=("video",),
+                           replace_failed=False)[failed]  # fmt: skip
+    assert not three["valid"] and three["video"].shape == (3, *plain.shape)
+    assert three["video"].dtype == torch.uint8 and not three["video"].any()  # three blank crops
+
+
 # --- E: inner cross-validation grouped by source -------------------------------------------------
 
 

@@ -7,9 +7,12 @@
 3. Linear-probe the video and the audio encoder of each, and of a randomly initialised encoder of
    the same architecture (the lower bound): trained on ``train``, scored on ``val`` by default.
    ``split="test"`` scores the test split instead: do that once, at the end, with the settings
-   that ``val`` chose — never choose a setting by its test score.
-4. Print one table (mean ± std over the seeds), write ``OUT/demo-<split>.json`` and the XDC run's
-   report.
+   that ``val`` chose — never choose a setting by its test score. The probe is ``xdc
+   linear-probe``'s (``probe_clip_features``) with the standard BatchNorm statistics
+   (``--bn-statistics auto``): a trained encoder keeps its stored ones, the random init, which
+   has none, gets them recomputed on ``BN_CLIPS`` training clips (``PROTOCOL``).
+4. Print one table (mean ± std over the seeds) whose header names that protocol, write
+   ``OUT/demo-<split>.json`` (with the ``protocol`` record) and the XDC run's report.
 
 Every step resumes: re-running the same command skips finished runs and only redoes what is
 missing.
@@ -30,7 +33,7 @@ from xdc.data.demo import FAMILIES, generate_demo_data
 from xdc.data.manifest import read_manifest
 from xdc.errors import ConfigError
 from xdc.evaluation.encoders import load_eval_encoders
-from xdc.evaluation.extract import extract_splits
+from xdc.evaluation.extract import extract_splits, recalibrates
 from xdc.evaluation.linear_probe import probe_clip_features
 from xdc.methods import MODALITIES
 from xdc.progress import inform
@@ -44,6 +47,13 @@ ROWS = (
     ("supervised", "supervised (upper bound)"),
 )
 SPLITS = ("val", "test")
+BN_STATISTICS = "auto"
+"""Stored BatchNorm statistics for trained encoders, recomputed for the random init: the standard
+frozen-feature rule (``xdc.evaluation.extract``)."""
+BN_CLIPS = 512
+"""Training clips the random init's BatchNorm statistics are recomputed on."""
+PROTOCOL = "linear probe, stored BatchNorm statistics (standard)"
+"""What every number of the demo table follows; ``protocol_record`` has the details."""
 
 
 def run_demo(
@@ -72,6 +82,7 @@ def run_demo(
     manifest = read_manifest(manifest_path)
     timings: dict[str, float] = {"data": time.perf_counter() - start}
     results: dict[str, dict[str, list[float]]] = {r: {m: [] for m in MODALITIES} for r, _ in ROWS}
+    bn_used: dict[str, str] = {}
     for seed in seeds:
         runs = {}
         for method in methods:
@@ -94,8 +105,15 @@ def run_demo(
                 ["train", split],
                 MODALITIES,
                 clips=clips,
+                bn_clips=BN_CLIPS,
                 device=device,
                 progress=progress,
+                bn_statistics=BN_STATISTICS,
+            )
+            bn_used[row] = (
+                f"recomputed on {BN_CLIPS} training clips (a random init has none)"
+                if recalibrates(BN_STATISTICS, source.is_random)
+                else "stored (the checkpoint's)"
             )
             for m in MODALITIES:
                 probe = probe_clip_features(
@@ -106,6 +124,7 @@ def run_demo(
     results = {row: values for row, values in results.items() if values["video"]}
     summary = _summary(results, manifest, preset, seeds, timings, time.perf_counter() - start)
     summary |= {"family": family, "split": split, "overrides": list(overrides)}
+    summary["protocol"] = protocol_record(split, clips, bn_used)
     print("\n" + format_table(summary))
     if split == "test":
         print("test split: report these numbers once, for settings chosen on val (--split val)")
@@ -180,6 +199,25 @@ def _summary(
     }
 
 
+def protocol_record(split: str, clips: int, bn_used: dict[str, str]) -> dict[str, Any]:
+    """What the demo's numbers follow, for its JSON: the probe, its splits and clips, and the
+    BatchNorm statistics each row's encoders used."""
+    return {
+        "name": PROTOCOL,
+        "probe": "xdc linear-probe on frozen features: StandardScaler + logistic regression, C "
+        "cross-validated on the training split grouped by video, test probabilities averaged "
+        "per video, video-level top-1",
+        "audio": "the audio encoder probed the same way on the same classes (the audio window of "
+        "each clip); not the audio-probe benchmark protocol (ESC-50, DCASE2014)",
+        "train_split": "train",
+        "test_split": split,
+        "clips_per_video": clips,
+        "bn_statistics": BN_STATISTICS,
+        "bn_clips": BN_CLIPS,
+        "bn_statistics_used": dict(bn_used),
+    }
+
+
 def _mean_std(values: list[float]) -> dict[str, float]:
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -198,6 +236,7 @@ def format_table(summary: dict[str, Any]) -> str:
     )
     lines = [
         head,
+        *protocol_line(summary.get("protocol")),
         f"| {'encoders':32} | {'video':>13} | {'audio':>13} |",
         f"|{'-' * 34}|{'-' * 15}|{'-' * 15}|",
     ]
@@ -215,6 +254,19 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"| {'chance':32} | {chance:>13} | {chance:>13} |")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in summary["seconds"].items())
     return "\n".join(lines) + f"\ntime: {times}"
+
+
+def protocol_line(record: dict[str, Any] | None) -> list[str]:
+    """The line under the table's title that names the protocol of every number in it (none for
+    a summary written before the demo recorded it)."""
+    if not record:
+        return []
+    line = f"protocol: {record['name']}"
+    random = record["bn_statistics_used"].get("random")
+    if random:
+        line += f"; random init: BatchNorm statistics {random}"
+    clips = record["clips_per_video"]
+    return [line + f"; {clips} clip{'s' if clips > 1 else ''} per video"]
 
 
 def _write(

@@ -270,7 +270,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "valid": True,
         }
         if self.need_video:
-            sample.update(self._video(clip.frames, rng if self.train else None))
+            sample.update(self.video_views(clip.frames, rng if self.train else None))
         if self.need_audio:
             assert clip.audio is not None
             sample["wave"] = torch.from_numpy(clip.audio)
@@ -279,8 +279,17 @@ class ClipDataset(Dataset[dict[str, Any]]):
                 sample["audio_params"] = draw_spec_augment(rng, self.config.n_mels, frames)
         return self._finish(sample)
 
-    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
-        """The clip's frames, crop and flip, and its strong augmentation drawn (not applied)."""
+    def video_views(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
+        """The video entries of a sample, from its decoded (T, H, W, 3) uint8 frames: ``video_raw``
+        (3, T, S, S) uint8 — in training ``data.train_frames`` of the frames, a random crop and
+        flip; else the centre crop — and, with strong augmentation, ``video_params`` (drawn here
+        from ``rng``, applied by ``BatchTransform``). ``rng``: the clip's generator in training,
+        None in evaluation.
+
+        The hook for a dataset that shows a clip otherwise: a subclass overrides it and may stack
+        several views in ``video_raw`` (``xdc.evaluation.finetune_clips.ThreeCropClips``: three
+        crops, (3, 3, T, S, S)). A clip that fails to load gets the views of blank frames.
+        """
         cfg = self.config
         if rng is not None and 0 < cfg.train_frames < len(frames):
             keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
@@ -316,7 +325,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         }
         if self.need_video:
             size = cfg.crop_size
-            sample["video_raw"] = torch.zeros(3, cfg.num_frames, size, size, dtype=torch.uint8)
+            blank = np.zeros((cfg.num_frames, size, size, 3), dtype=np.uint8)
+            sample.update(self.video_views(blank, None))
             if self.augment_video:
                 sample["video_params"] = IDENTITY_AUGMENT.copy()
         if self.need_audio:

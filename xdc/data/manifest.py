@@ -17,9 +17,10 @@ Optional columns with a meaning:
   checked when the manifest is read (numbers, ``0 <= start_sec < end_sec``, start inside the file).
 - Several labels (multi-label data, AudioSet): the ``label`` cell holds the class names joined by
   ``;`` (``LABEL_SEPARATOR``), e.g. ``Speech;Music``. ``label_names`` lists the single classes.
-  Code that wants one class per row (``Manifest.label``, cluster metrics, finetuning) sees such a
-  row as unlabelled (-1); ``Manifest.label_sets`` and ``label_matrix`` give every label, and the
-  linear probe of a manifest with such rows is one-vs-rest, scored by mAP.
+  Code that wants one class per row (``Manifest.label``, cluster metrics) sees such a row as
+  unlabelled (-1), and finetuning and retrieval refuse it; ``Manifest.label_sets`` and
+  ``label_matrix`` give every label, and the linear probe of a manifest with such rows is
+  one-vs-rest, scored by mAP.
 
 The file is UTF-8 text, standard CSV quoting (a name with a comma, a quote or a newline is quoted).
 Paths: every file name the file system allows survives a round trip, byte for byte

@@ -54,6 +54,7 @@ from xdc.evaluation.extract import (
     FeatureExtractor,
     recalibrates,
     require_labels,
+    require_single_labels,
     unreadable_rows,
 )
 from xdc.evaluation.linear_probe import C_GRID, probe_clip_features, source_groups
@@ -250,6 +251,7 @@ def audio_probe(
                 f"{'training' if not train_rows else 'test'} set; check the has_audio column "
                 "(re-run `xdc index`) or the folds"
             )
+    require_single_labels(manifest, used, "the audio probe")
     require_labels(manifest, used, None, f"--folds-column {folds_column}")
     pooled = protocol == "xdc-pooled"
     data = source.config.data

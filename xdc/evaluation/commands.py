@@ -110,22 +110,45 @@ def cmd_linear_probe(
         f"linear probe of {describe(source)}: {train_split!r} -> {test_split!r}, "
         f"{options.clips} clips/video, video level ({r['seconds']:.1f} s)"
     )
-    header = ["modality", "top-1", "top-5", "top-1 clip", "n_train", "n_test", "C", "dim"]
-    row = [
-        modality,
-        r["top1"],
-        r["top5"],
-        r["top1_clip"],
-        r["n_train"],
-        r["n_test"],
-        f"{r['C']:g}",
-        r["feature_dim"],
-    ]
-    table = format_table(title, header, [row])
+    if r.get("multi_label"):
+        table = multilabel_probe_table(title, modality, r)
+    else:
+        header = ["modality", "top-1", "top-5", "top-1 clip", "n_train", "n_test", "C", "dim"]
+        row = [
+            modality,
+            r["top1"],
+            r["top5"],
+            r["top1_clip"],
+            r["n_train"],
+            r["n_test"],
+            f"{r['C']:g}",
+            r["feature_dim"],
+        ]
+        table = format_table(title, header, [row])
     table += "\n" + statistics_line(r["bn_statistics"])
     table += "\n" + unreadable_line(r["unreadable_test_videos"], r["n_test_official"])
     emit(r, folder, f"linear_probe_{modality}.json", as_json, table)
     return 0
+
+
+def multilabel_probe_table(title: str, modality: str, r: dict[str, Any]) -> str:
+    """The table of a one-vs-rest probe (rows with several labels): mAP at video and clip level,
+    hit@1 (one of a video's labels ranked first), and the classes with a positive test video."""
+    header = ["modality", "mAP", "mAP clip", "hit@1", "n_train", "n_test"]
+    header += ["classes scored", "C", "dim"]
+    row = [
+        modality,
+        r["mAP"],
+        r["mAP_clip"],
+        r["top1"],
+        r["n_train"],
+        r["n_test"],
+        f"{r['n_classes_scored']} of {r['n_classes']}",
+        f"{r['C']:g}",
+        r["feature_dim"],
+    ]
+    title = title.replace("linear probe", "linear probe (one-vs-rest, multi-label)", 1)
+    return format_table(title, header, [row])
 
 
 def statistics_line(statistics: dict[str, object]) -> str:
@@ -138,11 +161,14 @@ def add_linear_probe_parser(sub: Subcommands) -> None:
     p = add_protocol_parser(
         sub,
         "linear-probe",
-        help="logistic regression on frozen features (video-level top-1/top-5)",
+        help="logistic regression on frozen features (video-level top-1/top-5; mAP when rows "
+        "carry several labels)",
         description="Features of N clips per video (BatchNorm statistics per --bn-statistics), "
         "StandardScaler + logistic regression with C cross-validated on the training split "
         "(grouped by video, or by the manifest's 'group' column), tested by averaging clip "
-        "probabilities per test video; an unreadable test video counts as wrong.",
+        "probabilities per test video; an unreadable test video counts as wrong. A manifest "
+        "whose rows carry several labels (';'-joined, AudioSet) is probed one-vs-rest and "
+        "scored by mAP (mean over classes of the test videos' average precision).",
     )
     p.add_argument("--modality", choices=("video", "audio"), default="video")
     add_split_arguments(p, "split to train on", "split to test on")

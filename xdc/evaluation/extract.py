@@ -97,6 +97,22 @@ def require_labels(
         )
 
 
+def require_single_labels(manifest: Manifest, rows: Sequence[int], protocol: str) -> None:
+    """Raise ``DataError`` when some of ``rows`` carry several labels (``;``-joined,
+    ``Manifest.label_sets``): ``protocol`` (e.g. "finetuning") needs one class per row, and would
+    otherwise see such rows as unlabelled (-1)."""
+    sets = manifest.label_sets()
+    several = [i for i in rows if len(sets[i]) > 1]
+    if several:
+        first = manifest.rows[several[0]]
+        raise DataError(
+            f"{manifest.source or manifest.root}: {len(several)} of {len(rows)} rows carry several "
+            f"labels (first: {first.get('path')}, {first.get('label')!r}) and {protocol} needs one "
+            "class per row; for rows with several labels: use xdc linear-probe, which scores "
+            "multi-label data by mAP"
+        )
+
+
 class EvalClips:
     """Evaluation clips (centre crop, fixed positions) of the rows of one manifest.
 
@@ -395,6 +411,7 @@ __all__ = [
     "clip_features_to_npz",
     "extract_splits",
     "require_labels",
+    "require_single_labels",
     "split_rows",
     "unreadable_rows",
 ]

@@ -12,11 +12,13 @@ recorded and the result is labelled "modified". Each test video is classified fr
 over ``test_clips`` uniformly spaced clips x ``test_crops`` crops (1: centre; 3: both ends and
 the centre of the long side, as GDT tests) of the softmax (or the logits, GDT), video-level
 top-1; the paper reports the mean over the 3 official splits (manifest columns ``split_1`` ...
-``split_3``). The test runs the model in eval mode with the BatchNorm statistics learned while
-finetuning, as the field's published code does (nothing is recomputed). A test video none of
-whose clips decoded stays in the denominator and counts as wrong (``unreadable_test_videos`` in
-every result); a test video without the modality finetuned (``--modality audio``: no audio track)
-is not part of the test set, and the result counts and lists it (``without_modality``).
+``split_3``); a manifest whose rows carry several labels is refused (one class per row: ``xdc
+linear-probe`` scores multi-label data by mAP). The test runs the model in eval mode with the
+BatchNorm statistics learned while finetuning, as the field's published code does (nothing is
+recomputed). A test video none of whose clips decoded stays in the denominator and counts as
+wrong (``unreadable_test_videos`` in every result); a test video without the modality finetuned
+(``--modality audio``: no audio track) is not part of the test set, and the result counts and
+lists it (``without_modality``).
 
 Each split has its own folder (``OUT/split_1`` ...) with a checkpoint per epoch; re-running the same
 command resumes an unfinished split and skips a finished one (``result.json`` marks it). Everything
@@ -61,7 +63,7 @@ from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from xdc.evaluation.cli_shared import Subcommands, add_architecture_arguments, add_device_arguments
 from xdc.evaluation.encoders import RANDOM, load_eval_encoders, parse_overrides
-from xdc.evaluation.extract import split_rows
+from xdc.evaluation.extract import require_single_labels, split_rows
 from xdc.evaluation.finetune_clips import ThreeCropClips, TrainAugment
 from xdc.evaluation.finetune_protocols import (
     BENCHMARKS,
@@ -207,6 +209,7 @@ def finetune_rows(
             f"{src}: {len(unlabelled)} rows of {column!r} have no label (first: {manifest.rows[unlabelled[0]]['path']}); "
             "finetuning is supervised: fill the 'label' column"
         )
+    require_single_labels(manifest, [i for s in rows.values() for i in s], "finetuning")
     if len(manifest.label_names) < 2:
         raise DataError(f"{src}: finetuning needs at least 2 classes in the 'label' column")
     return rows[settings.train_split], rows[settings.test_split]

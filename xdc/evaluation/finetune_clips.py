@@ -186,22 +186,17 @@ def three_crops(frames: np.ndarray, size: int) -> list[np.ndarray]:
 
 
 class ThreeCropClips(ClipDataset):
-    """Test clips of ``three_crops`` each: a sample's video is (3 crops, 3, T, S, S) uint8.
+    """Test clips of ``three_crops`` each: a sample's video is (3 crops, 3, T, S, S) uint8
+    (an unreadable clip's: three blank crops).
 
-    Each crop is the dataset's own centre crop of one ``long_side_windows`` window, so the clip
-    pipeline (decoding, cache, resizing, whatever follows the crop) is the dataset's."""
+    Each crop is the dataset's own view (``ClipDataset.video_views``: the centre crop) of one
+    ``long_side_windows`` window, so the clip pipeline (decoding, cache, resizing, whatever
+    follows the crop) is the dataset's."""
 
-    def _video(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Tensor]:
-        crop = super()._video
+    def video_views(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
+        crop = super().video_views
         views = [crop(w, rng) for w in long_side_windows(frames, self.config.crop_size)]
         return {k: torch.stack([v[k] for v in views]) for k in views[0]}
-
-    def _invalid(self, row: int, key: ClipKey, failures: list[str]) -> dict[str, Any]:
-        sample = super()._invalid(row, key, failures)
-        for name in ("video", "video_raw"):
-            if name in sample:
-                sample[name] = sample[name].unsqueeze(0).repeat(3, *[1] * sample[name].dim())
-        return sample
 
 
 __all__ = [

@@ -30,6 +30,9 @@ ridge-regularised covariance, SVD of the whitened cross-covariance, keep
 mean eigenvalue) keeps the whitening stable when the training set is small next to the feature
 dimension.
 
+A hit is a shared class, so rows that carry several labels (``Manifest.label_sets``) are refused
+(``require_single_labels``): ``xdc linear-probe`` scores such data by mAP.
+
 A manifest of audio-only files (``has_video`` 0 on every row) gets audio→audio only under ``xdc``:
 the video and cross-modal results are left out (said on stderr); likewise video→video only without
 any audio. ``selavi`` needs video.
@@ -51,7 +54,7 @@ from torch import Tensor, nn
 from xdc.data.manifest import Manifest
 from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
-from xdc.evaluation.extract import available_modalities, split_rows
+from xdc.evaluation.extract import available_modalities, require_single_labels, split_rows
 from xdc.evaluation.linear_probe import as_numpy
 from xdc.evaluation.protocol import extract_train_test, protocol_record, unreadable_record
 from xdc.features import ClipFeatures
@@ -391,6 +394,7 @@ def evaluate_retrieval(
     splits = (train_split, test_split)
     rows = split_rows(manifest, train_split, "--train-split")
     rows += split_rows(manifest, test_split, "--test-split")
+    require_single_labels(manifest, rows, "retrieval (a hit shares the query's class)")
     if recipe.modalities == ("video",) and not any(manifest.has_video(r) for r in rows):
         raise DataError(
             f"{manifest.source or manifest.root}: --protocol {recipe.name} retrieves videos and "
