@@ -29,6 +29,7 @@ from xdc.checkpoint import load_checkpoint
 from xdc.config import PretrainConfig
 from xdc.data.manifest import write_manifest
 from xdc.diagnostics import (
+    STABLE_NMI,
     RunWarning,
     at_chance,
     chance_level,
@@ -48,7 +49,7 @@ from xdc.training import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 COLOURS = ((220, 40, 40), (40, 200, 60), (50, 70, 230))
-PER_CLASS = {"train": 10, "test": 2}
+PER_CLASS = {"train": 20, "test": 2}  # 60 training videos: 18 held out (val_fraction 0.3)
 FAILING = {
     "train.iterations": 2,
     "train.max_epochs": 2,
@@ -180,8 +181,8 @@ def test_random_init_warning_when_training_did_not_help() -> None:
 
 @pytest.fixture(scope="module")
 def noise_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """3 flat colours × (10 train + 2 test) videos of 1.2 s; the sound is white noise whose
-    loudness is drawn independently of the colour."""
+    """3 flat colours × (20 train + 2 test) videos of 1.2 s; the sound is white noise of about
+    the same loudness in every video: nothing in it is stable enough to cluster on."""
     root = tmp_path_factory.mktemp("noise")
     rng = np.random.default_rng(0)
     rows = []
@@ -190,7 +191,7 @@ def noise_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for i in range(n):
                 frames = np.empty((30, 48, 48, 3), np.uint8)
                 frames[:] = np.clip(np.asarray(colour) + rng.integers(-15, 16, 3), 0, 255)
-                audio = rng.uniform(0.02, 0.6) * rng.standard_normal(19200).clip(-3, 3) / 3
+                audio = rng.uniform(0.25, 0.3) * rng.standard_normal(19200).clip(-3, 3) / 3
                 path = write_video(root / f"c{c}_{split}{i}.mkv", frames, 25.0, audio, 16000)
                 rows.append(
                     {"path": path.name, "label": f"colour{c}", "split": split,
@@ -243,10 +244,16 @@ def test_failing_run_warns_in_log_file_and_stderr(failing: dict) -> None:
     logged = read_metrics(failing_run, "warning")
     at_chance_heads = {w["subject"] for w in logged if w["code"] == "heldout_at_chance"}
     assert at_chance_heads, f"no held-out-at-chance warning in {_keys(logged)}"
-    # The noise's clusters are neither predictable nor stable: the video encoder is told. The
-    # video clusters (flat colours) are stable from one iteration to the next, so the audio head,
-    # which cannot predict them, is not reported (see STABLE_NMI).
-    assert at_chance_heads == {"video_to_audio"}
+    # The noise's clusters are neither predictable nor stable: the video encoder is told. A head
+    # is reported only when its target clustering was re-drawn (NMI with the previous one below
+    # STABLE_NMI): that is the rule that keeps healthy runs quiet.
+    assert "video_to_audio" in at_chance_heads
+    redrawn = {
+        c["clustering"]
+        for c in read_metrics(failing_run, "cluster")
+        if c.get("nmi_previous", 1.0) < STABLE_NMI
+    }
+    assert {head.rsplit("_to_", 1)[1] for head in at_chance_heads} <= redrawn
     # Not after the first iteration, whose clusters are of random-init features.
     assert all(w["iteration"] >= 1 for w in logged if w["code"] == "heldout_at_chance")
     for w in logged:
