@@ -18,6 +18,18 @@ from xdc.data.manifest import DATA_ROOT_ENV
 # so a second thread competing with DataLoader workers or subprocesses costs far more than it gives.
 torch.set_num_threads(1)
 
+
+@pytest.fixture
+def one_thread():
+    """One torch thread during a test, whatever an earlier test left (``pytestmark =
+    pytest.mark.usefixtures("one_thread")``): for tiny encoders on a busy machine a second thread
+    only spins (measured: the same extraction took 3 s with one thread, up to 100 s with two)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # A configuration that trains in seconds on the demo data below.
 TINY_OVERRIDES = {
     "model.video": "mixed2d3d",

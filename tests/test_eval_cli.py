@@ -46,14 +46,7 @@ def _command_name(add: Callable[[argparse._SubParsersAction], None]) -> str:
     return next(iter(sub.choices))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread for these tiny encoders: on a busy shared machine a second thread only
-    spins (measured: the same extraction took 3 s with one thread, up to 100 s with two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

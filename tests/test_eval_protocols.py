@@ -52,12 +52,7 @@ TINY_CLIPS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def demo_rows(demo_manifest: Path) -> list[dict[str, Any]]:

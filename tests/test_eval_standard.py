@@ -37,12 +37,7 @@ from xdc.features import mean_per_video
 FAST = ("data.cache=memory",)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def labelled_copy(
