@@ -1,17 +1,19 @@
 """Pretraining-loop benchmark: the whole loop against model-only steps of the same shapes.
 
-    make bench-train           # or: .venv/bin/python benchmarks/train.py [--steps 60]
+    make bench-train           # or: .venv/bin/python benchmarks/train.py [--epochs 5]
     .venv/bin/python benchmarks/train.py --quick --json rows.jsonl  # smoke run; rows as JSON lines
 
-For each configuration, in the same run:
-- model only: forward, cross-entropy on every head, backward, gradient clipping when the preset
-  clips (``train.grad_clip``) and SGD step of the method's model (both encoders and their heads)
-  on random tensors of the loop's batch shapes and dtypes (uint8
-  clips, log-mel), no data loading; measured before and after the loop, and averaged, so that a
-  change in the machine's load during the loop shows as a gap between the two;
+For each configuration, in one process:
 - the loop: ``xdc.training.pretrain`` on the demo videos (decoding or the RAM cache,
-  augmentation and log-mel per batch, sampling, logging), clips/s of its training epochs after
-  the first (warm-up) one, as logged in metrics.jsonl.
+  augmentation and log-mel per batch, sampling, logging): the clips/s of each training epoch, as
+  the loop logs it, after a first (warm-up) epoch;
+- model only, between the loop's epochs: forward, cross-entropy on every head, backward, gradient
+  clipping when the preset clips (``train.grad_clip``) and SGD step of the method's model (both
+  encoders and their heads) on random tensors of the loop's batch shapes and dtypes (uint8 clips,
+  log-mel), no data loading.
+Each epoch is compared with the mean of the model-only runs just before and after it, and the
+epoch of median ratio is reported (every epoch's ratio is printed too): on a shared machine the
+speed drifts by ±10 % within a minute, and pairs that close in time drift together.
 The ratio loop / model-only is the share of the time the loop spends training the model.
 
 Configurations: ``tiny`` (the demo's preset: RAM cache, no workers) and ``stream`` (a narrow
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from jsonrows import append_rows, make_row  # noqa: E402
 
+from xdc import training  # noqa: E402
 from xdc.allocator import keep_heap  # noqa: E402
 from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
@@ -47,7 +51,6 @@ from xdc.data.manifest import read_manifest  # noqa: E402
 from xdc.deep_clustering import DeepClusteringModel  # noqa: E402
 from xdc.encoders import build_encoders  # noqa: E402
 from xdc.methods import get_method  # noqa: E402
-from xdc.runlog import read_metrics  # noqa: E402
 from xdc.training import pretrain  # noqa: E402
 
 CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
@@ -68,6 +71,9 @@ CONFIGS: dict[str, tuple[str, dict[str, object]]] = {
 }
 
 
+STEPS = {"tiny": (100, 30), "stream": (12, 6)}
+"""Per configuration: loop steps per epoch (``tiny``: its preset's own epoch, 3,200 clips) and
+model-only steps between two epochs."""
 QUICK = {"steps": 3, "epochs": 2, "steps_per_epoch": 2, "configs": "tiny"}
 QUICK_OVERRIDES = {
     "cluster.k": 4,
@@ -77,45 +83,83 @@ QUICK_OVERRIDES = {
 }
 
 
-def model_only(config: PretrainConfig, steps: int) -> float:
-    """Clips/s of training steps on random tensors shaped like the loop's batches."""
-    method = get_method(config.method)
-    d, b = config.data, config.train.batch_size
-    frames = d.train_frames or d.num_frames
-    model = DeepClusteringModel(
-        build_encoders(config.model, d.n_mels),
-        method,
-        {"video": config.cluster.k, "audio": config.cluster.k},
-    )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    inputs = {
-        "video": torch.randint(0, 256, (b, 3, frames, d.crop_size, d.crop_size)).to(torch.uint8),
-        "audio": torch.randn(b, 1, d.n_mels, d.audio_frames),
-    }
-    target = torch.randint(0, config.cluster.k, (b,))
-    model.train()
-    start = 0.0
-    for i in range(steps + 5):
-        if i == 5:
-            start = time.perf_counter()
-        logits = model(inputs)
-        loss = sum(F.cross_entropy(v, target) for v in logits.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[union-attr]
-        if config.train.grad_clip > 0:  # part of the preset's training step, as in the loop
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        optimizer.step()
-    return steps * b / (time.perf_counter() - start)
+class ModelOnly:
+    """Training steps on random tensors shaped like the loop's batches: the method's model (both
+    encoders and their heads), cross-entropy on every head, backward, clipping as the preset
+    clips (``train.grad_clip``), SGD."""
+
+    def __init__(self, config: PretrainConfig) -> None:
+        d, b = config.data, config.train.batch_size
+        frames = d.train_frames or d.num_frames
+        self.clip = config.train.grad_clip
+        self.model = DeepClusteringModel(
+            build_encoders(config.model, d.n_mels),
+            get_method(config.method),
+            {"video": config.cluster.k, "audio": config.cluster.k},
+        )
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4
+        )
+        self.inputs = {
+            "video": torch.randint(0, 256, (b, 3, frames, d.crop_size, d.crop_size)).to(
+                torch.uint8
+            ),
+            "audio": torch.randn(b, 1, d.n_mels, d.audio_frames),
+        }
+        self.target = torch.randint(0, config.cluster.k, (b,))
+        self.batch = b
+        self.run(3)  # warm-up: first calls allocate
+
+    def run(self, steps: int) -> float:
+        """Clips/s of ``steps`` training steps."""
+        self.model.train()
+        start = time.perf_counter()
+        for _ in range(steps):
+            logits = self.model(self.inputs)
+            loss = sum(F.cross_entropy(v, self.target) for v in logits.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[union-attr]
+            if self.clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+            self.optimizer.step()
+        return steps * self.batch / (time.perf_counter() - start)
 
 
-def loop(config: PretrainConfig, manifest: Path, work: Path) -> float:
-    """Clips/s of the loop's training epochs after the first."""
+def paired_loop(
+    config: PretrainConfig, manifest: Path, work: Path, steps: int
+) -> list[tuple[float, float]]:
+    """(loop clips/s, model-only clips/s) for each training epoch after the first (warm-up).
+
+    Model-only steps run between the loop's epochs, in the same process: epoch k is compared with
+    the mean of the model-only runs just before and just after it, so that a change in the
+    machine's speed during the run (frequent on a shared machine) moves both sides of a pair.
+    """
     out = work / f"run-{config.preset}"
     shutil.rmtree(out, ignore_errors=True)
-    pretrain(config, manifest, out, progress=False)
-    epochs = read_metrics(out, "epoch")[1:]
-    seconds = sum(e["clips"] / e["clips_per_s"] for e in epochs)
-    return sum(e["clips"] for e in epochs) / seconds
+    reference = ModelOnly(config)
+    measured = [reference.run(steps)]
+    epochs: list[float] = []
+    one_epoch = training.train_one_epoch
+
+    def paired_epoch(*args: Any, **kwargs: Any) -> dict[str, float]:
+        result = one_epoch(*args, **kwargs)
+        epochs.append(result["clips_per_s"])
+        measured.append(reference.run(steps))
+        return result
+
+    training.train_one_epoch = paired_epoch
+    try:
+        pretrain(config, manifest, out, progress=False)
+    finally:
+        training.train_one_epoch = one_epoch
+    # The first model-only run and the first epoch warm up; the pairs start at epoch 2.
+    return [(epochs[k], (measured[k] + measured[k + 1]) / 2) for k in range(1, len(epochs))]
+
+
+def median_pair(pairs: list[tuple[float, float]]) -> tuple[float, float]:
+    """The (loop, model-only) pair of the median ratio (the lower of the two middle ones)."""
+    ranked = sorted(pairs, key=lambda p: p[0] / p[1])
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def main() -> None:
@@ -127,10 +171,14 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
     parser.add_argument("--json", help="append the rows to this JSON-lines file")
-    parser.add_argument("--steps", type=int, default=60, help="model-only steps per configuration")
-    parser.add_argument("--epochs", type=int, default=3, help="loop epochs per configuration")
     parser.add_argument(
-        "--steps-per-epoch", type=int, default=20, help="loop steps per epoch (batches)"
+        "--steps", type=int, help="model-only steps between two epochs (default per config)"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=5, help="measured loop epochs, after a warm-up epoch"
+    )
+    parser.add_argument(
+        "--steps-per-epoch", type=int, help="loop steps per epoch (default per config)"
     )
     parser.add_argument("--configs", default="tiny,stream")
     args = parser.parse_args()
@@ -153,35 +201,37 @@ def main() -> None:
             preset, overrides = CONFIGS[name]
             overrides = {**overrides, **(QUICK_OVERRIDES if args.quick else {})}
             config = build_config(preset, {**overrides, "train.iterations": 1})
-            per_epoch = args.steps_per_epoch * config.train.batch_size
+            epoch_steps, model_steps = STEPS[name]
+            per_epoch = (args.steps_per_epoch or epoch_steps) * config.train.batch_size
             config = build_config(
                 preset,
-                {**overrides, "train.iterations": 1, "train.max_epochs": args.epochs,
-                 "train.clips_per_epoch": per_epoch, "train.val_fraction": 0.05},
+                {**overrides, "train.iterations": 1, "train.max_epochs": args.epochs + 1,
+                 "train.patience": 0, "train.clips_per_epoch": per_epoch,
+                 "train.val_fraction": 0.05},
             )  # fmt: skip
-            before = model_only(config, args.steps)
-            looped = loop(config, manifest, Path(tmp))
-            after = model_only(config, args.steps)
-            rows.append((name, before, after, looped))
+            pairs = paired_loop(config, manifest, Path(tmp), args.steps or model_steps)
+            rows.append((name, pairs))
     print(
         f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads; {n_train} training videos"
     )
-    header = f"{'config':8} {'model-only clips/s (before, after)':>35} {'loop clips/s':>13}"
-    print(f"{header} {'loop / model':>13}")
-    for name, before, after, looped in rows:
-        alone = (before + after) / 2
-        measured = f"{alone:.1f} ({before:.1f}, {after:.1f})"
-        print(f"{name:8} {measured:>35} {looped:13.1f} {looped / alone:12.2f}×")
-    print("target: loop ≥ 0.9× model-only")
+    print(
+        f"{'config':8} {'model-only clips/s':>19} {'loop clips/s':>13} {'loop / model':>13}"
+        "   per epoch"
+    )
+    for name, pairs in rows:
+        looped, alone = median_pair(pairs)
+        each = " ".join(f"{a / b:.2f}" for a, b in pairs)
+        print(f"{name:8} {alone:19.1f} {looped:13.1f} {looped / alone:12.2f}×   {each}")
+    print("the epoch of median ratio; target: loop ≥ 0.9× model-only")
     settings = {"steps": args.steps, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
                 "threads": torch.get_num_threads(), "quick": args.quick}  # fmt: skip
     append_rows(
         args.json,
         [
-            make_row("train", f"pretraining loop, {name}", looped, "clips/s",
-                     "model-only steps, same shapes (mean of before and after)",
-                     (before + after) / 2, at_least=0.9, settings={"config": name, **settings})
-            for name, before, after, looped in rows
+            make_row("train", f"pretraining loop, {name}", median_pair(pairs)[0], "clips/s",
+                     "model-only steps, same shapes, around the same epoch",
+                     median_pair(pairs)[1], at_least=0.9, settings={"config": name, **settings})
+            for name, pairs in rows
         ],
     )  # fmt: skip
 
