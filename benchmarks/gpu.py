@@ -57,8 +57,8 @@ from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
 from xdc.data.transforms import SPEC_AUGMENT_PARAMS, draw_strong_augment  # noqa: E402
 from xdc.deep_clustering import build_model  # noqa: E402
+from xdc.encoders import use_fast_layout  # noqa: E402
 from xdc.methods import get_method  # noqa: E402
-from xdc.models.video import use_channels_last  # noqa: E402
 
 QUICK = {"batch_size": 4, "steps": 2, "warmup": 1, "workers": 1, "loader_clips": 12}
 
@@ -112,8 +112,8 @@ def time_training(config: PretrainConfig, device: torch.device, args: argparse.N
     """Clips/s and FLOPs per step of training steps on batches held on ``device``."""
     method = get_method(config.method)
     model = build_model(config, method, 0, device)
-    if device.type == "cuda":
-        use_channels_last(model.encoders["video"])
+    if config.train.channels_last:  # as the loop does
+        use_fast_layout(dict(model.encoders), device)
     dtype = optim.amp_dtype(device, config.train.amp)
     optimizer = optim.sgd(model.parameters(), config.train)
     scaler = optim.grad_scaler(dtype)

@@ -49,7 +49,7 @@ from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
 from xdc.deep_clustering import DeepClusteringModel  # noqa: E402
-from xdc.encoders import build_encoders  # noqa: E402
+from xdc.encoders import build_encoders, use_fast_layout  # noqa: E402
 from xdc.methods import get_method  # noqa: E402
 from xdc.training import pretrain  # noqa: E402
 
@@ -97,6 +97,8 @@ class ModelOnly:
             get_method(config.method),
             {"video": config.cluster.k, "audio": config.cluster.k},
         )
+        if config.train.channels_last:  # as the loop does
+            use_fast_layout(dict(self.model.encoders), torch.device("cpu"))
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 import torch
 from torch import nn
 
+from xdc.encoders import use_fast_layout
 from xdc.errors import CheckpointError, ConfigError
 from xdc.models import (
     AudioResNet18,
@@ -349,3 +351,50 @@ def test_encoders_keep_the_normalisation_constants_on_their_device() -> None:
     assert stats.dtype == torch.float64
     clip = torch.randint(0, 256, (1, 3, 2, 16, 16), dtype=torch.uint8)
     torch.testing.assert_close(normalize_video(clip, stats), normalize_video(clip).double())
+
+
+@pytest.mark.parametrize(
+    ("make", "shape", "dtype"),
+    [
+        (lambda: Mixed2D3D(width=4, video_input="rgb_diff"), (2, 3, 4, 32, 32), torch.uint8),
+        (lambda: FrameCNN(width=4), (2, 3, 4, 32, 32), torch.uint8),
+        (lambda: AudioResNet18(width=4, n_mels=40), (2, 1, 40, 100), torch.float32),
+    ],
+)
+def test_fast_layout_puts_2d_convs_in_channels_last_with_the_same_numbers(
+    make: Callable[[], nn.Module], shape: tuple[int, ...], dtype: torch.dtype
+) -> None:
+    """``use_fast_layout`` (what pretraining does, on CPU too): every 2D conv weight in
+    channels_last, 3D convs as they were; the same features and gradients, the same state dict."""
+    torch.manual_seed(0)
+    plain, fast = make(), make()
+    fast.load_state_dict(plain.state_dict())
+    assert use_fast_layout({"video": fast}, torch.device("cpu"))
+    convs2d = [m for m in fast.modules() if isinstance(m, nn.Conv2d)]
+    assert convs2d
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs2d)
+    assert not all(c.weight.is_contiguous() for c in convs2d)  # 1-channel or 1x1: both layouts
+    assert all(m.weight.is_contiguous() for m in fast.modules() if isinstance(m, nn.Conv3d))
+    x = (torch.randint(0, 256, shape) if dtype == torch.uint8 else torch.randn(shape)).to(dtype)
+    out_plain, out_fast = plain(x), fast(x)
+    torch.testing.assert_close(out_fast, out_plain, atol=1e-4, rtol=1e-4)
+    out_plain.square().sum().backward()
+    out_fast.square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), fast.parameters(), strict=True):
+        assert q.grad is not None and p.grad is not None
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-3, rtol=1e-3, msg=name)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    make().load_state_dict(fast.state_dict())  # a checkpoint of it loads into a plain encoder
+
+
+def test_fast_layout_leaves_r2plus1d_as_it_is_on_cpu() -> None:
+    """R(2+1)D-18's channels_last_3d is for cuDNN; on CPU its 3D convs are not faster, so the
+    encoder is left alone (on CUDA ``use_channels_last`` changes it, tested above)."""
+    model = R2Plus1D18(width=4)
+    assert use_fast_layout({"video": model}, torch.device("cpu")) == []
+    assert conv3d(model, "layer2.0.conv1.0.0").weight.is_contiguous()
+    with torch.device("meta"):
+        meta = R2Plus1D18(width=4)
+    assert use_fast_layout({"video": meta}, torch.device("cuda")) == [
+        "video: 3D convolutions in channels_last_3d"
+    ]

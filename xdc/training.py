@@ -40,6 +40,7 @@ from xdc.deep_clustering import (
     wrap_distributed,
 )
 from xdc.diagnostics import sync_warnings, warn_after_clustering, warn_after_iteration
+from xdc.encoders import use_fast_layout
 from xdc.errors import TrainingDiverged
 from xdc.features import (
     ClipFeatures,
@@ -52,7 +53,6 @@ from xdc.features import (
 )
 from xdc.loop_state import LoopState, checkpoint, restore
 from xdc.methods import MODALITIES, Method, get_method
-from xdc.models.video import use_channels_last
 from xdc.progress import track
 from xdc.pseudolabels import PseudoLabels, balanced_weights, format_stats, make_pseudo_labels
 from xdc.run import RunContext, deterministic_algorithms, open_run
@@ -83,8 +83,8 @@ def _pretrain(run: RunContext) -> LoopState:
     config = run.config
     method = get_method(config.method)
     model = build_model(config, method, run.num_labels, run.device)
-    if run.device.type == "cuda" and config.train.channels_last:
-        use_channels_last(model.encoders["video"])  # before the optimizer: the same parameters
+    if config.train.channels_last:  # before the optimizer: the same parameters
+        use_fast_layout(dict(model.encoders), run.device)
     optimizer, scaler = (
         optim.sgd(model.parameters(), config.train),
         optim.grad_scaler(run.amp_dtype),
