@@ -120,12 +120,43 @@ def test_finished_run_says_so_and_changes_nothing(
 
 
 def test_a_finished_run_is_not_silently_extended(demo_manifest: Path, tmp_path: Path) -> None:
-    """A run of 1 iteration, re-run asking for 2: refused, naming the key that differs."""
+    """A run of 1 iteration, re-run asking for 2 without ``extend``: refused, naming the key that
+    differs and the flag that would allow it."""
     pretrain(tiny_config("xdc"), demo_manifest, tmp_path / "run", progress=False)
-    with pytest.raises(ConfigError, match="train.iterations"):
+    with pytest.raises(ConfigError, match=r"train\.iterations.*--extend"):
         pretrain(
             tiny_config("xdc", train__iterations=2), demo_manifest, tmp_path / "run", progress=False
         )
+
+
+def test_an_extended_run_is_the_longer_run(demo_manifest: Path, tmp_path: Path) -> None:
+    """``extend``: a finished 1-iteration run taken on to 2 iterations ends with the weights,
+    step count and pseudo-labels of a 2-iteration run made from scratch (constant rate);
+    the log says so. Shorter runs, and other schedules, are refused."""
+    two = tiny_config("xdc", train__iterations=2)
+    pretrain(two, demo_manifest, tmp_path / "scratch", progress=False)
+    pretrain(tiny_config("xdc"), demo_manifest, tmp_path / "run", progress=False)
+    state = pretrain(two, demo_manifest, tmp_path / "run", progress=False, extend=True)
+    assert state.finished and state.iteration == 2
+    ours, ref = load_checkpoint(tmp_path / "run"), load_checkpoint(tmp_path / "scratch")
+    for name in ("video", "audio"):
+        for key, value in ref["encoders"][name].items():
+            assert torch.equal(ours["encoders"][name][key], value), f"{name}.{key}"
+    assert ours["loop"]["step"] == ref["loop"]["step"]
+    for name, labels in ref["loop"]["labels"].items():
+        assert torch.equal(torch.as_tensor(ours["loop"]["labels"][name]), torch.as_tensor(labels))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["iterations"] == 2
+    notes = [r["message"] for r in read_metrics(tmp_path / "run", "note")]
+    assert any("from 1 to 2 iterations" in n for n in notes)
+    with pytest.raises(ConfigError, match="cannot be shortened"):
+        pretrain(tiny_config("xdc"), demo_manifest, tmp_path / "run", extend=True)
+    cosine = tiny_config("xdc", train__schedule="cosine")
+    pretrain(cosine, demo_manifest, tmp_path / "cosine", progress=False)
+    with pytest.raises(ConfigError, match="train.schedule=cosine"):
+        pretrain(
+            tiny_config("xdc", train__schedule="cosine", train__iterations=2),
+            demo_manifest, tmp_path / "cosine", extend=True,
+        )  # fmt: skip
 
 
 def _cli(*args: str) -> list[str]:

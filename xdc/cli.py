@@ -86,6 +86,7 @@ def cmd_pretrain(
     device: str | None = None,
     progress: bool = True,
     allow_data_change: bool = False,
+    extend: bool = False,
 ) -> int:
     """Pretrain both encoders by deep clustering; resumes automatically."""
     from xdc import distributed
@@ -96,7 +97,7 @@ def cmd_pretrain(
     try:
         pretrain(
             config, data, out, split=split or None, device=device, progress=progress,
-            allow_data_change=allow_data_change,
+            allow_data_change=allow_data_change, extend=extend,
         )  # fmt: skip
     finally:
         distributed.cleanup()  # the process group pretraining joined under torchrun
@@ -374,11 +375,19 @@ def _add_pretrain(sub: Subcommands) -> None:
         "differs; a manifest that only moved (same content) resumes without it. The number of "
         "rows must stay the same: the run's pseudo-labels index them",
     )
+    p.add_argument(
+        "--extend",
+        action="store_true",
+        help="let a run (finished or not) go on to more iterations than it was made with: pass "
+        "the same preset and overrides with a larger train.iterations. Allowed with "
+        "train.schedule=constant only (every preset), where the iterations done are exactly those "
+        "of the longer run; without the flag a new train.iterations is refused",
+    )
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=0.05 cluster.k=64")
     p.set_defaults(
         run=lambda a: cmd_pretrain(
             a.data, a.out, a.method, a.preset, a.split, a.overrides, a.device, not a.no_progress,
-            a.allow_data_change,
+            a.allow_data_change, a.extend,
         )
     )  # fmt: skip
 

@@ -136,6 +136,7 @@ def open_run(
     device: str | None = None,
     progress: bool = True,
     allow_data_change: bool = False,
+    extend: bool = False,
 ) -> RunContext:
     """Check every input, prepare ``out`` (config.json, run.json) and the datasets; no heavy
     work yet. An existing run is resumed only on the data it was trained on
@@ -162,11 +163,13 @@ def open_run(
     # folder before the main one changes it, and uses it only once it is ready.
     out = Path(out)
     identity = data_identity(manifest, split)
-    check_run_folder(out, config)
+    extension = check_run_folder(out, config, extend)
     info, notes = check_run_data(out, identity, allow_data_change)
+    if extension:
+        notes.append(extension)
     dist.barrier()
     if dist.is_main():
-        create_run_folder(out, config)
+        create_run_folder(out, config, extend=extension is not None)
         atomic.write_json(out / RUN_INFO_NAME, info)
         for note in notes:
             inform(f"note: {note}")
@@ -239,8 +242,14 @@ def check_sizes(
             )
 
 
-def check_run_folder(out: Path, config: PretrainConfig) -> None:
-    """Check that ``out`` is new, empty, or a run with the same config (read-only)."""
+def check_run_folder(out: Path, config: PretrainConfig, extend: bool = False) -> str | None:
+    """Check that ``out`` is new, empty, or a run with the same config (read-only).
+
+    With ``extend`` one difference is allowed: more ``train.iterations`` than the run was made
+    with, when the learning rate is ``constant`` after the warm-up. The iterations done are then
+    exactly those of the longer run (the rate of a step does not depend on the run's length), so
+    the run goes on: returns the note that says so (None otherwise).
+    """
     path = out / CONFIG_NAME
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -248,24 +257,50 @@ def check_run_folder(out: Path, config: PretrainConfig) -> None:
         with contextlib.suppress(ConfigError):
             saved = config_from_dict(saved).to_dict()
         diffs = config_diff(saved, config.to_dict())
+        if diffs == ["train.iterations"] and extend:
+            return _extension(out, int(saved["train"]["iterations"]), config)
         if diffs:
+            more = ""
+            if diffs == ["train.iterations"]:
+                more = " (--extend lets a run go on to more iterations)"
             raise ConfigError(
                 f"{out} holds a run with another config (differs in: {', '.join(diffs)}); "
-                "pass the same preset and overrides to resume it, or a new --out"
+                f"pass the same preset and overrides to resume it, or a new --out{more}"
             )
-        return
+        return None
     # A kill during the first write of config.json leaves only that write's temporary file.
     leftovers = atomic.temporaries(path)
     if out.exists() and any(p not in leftovers for p in out.iterdir()):
         raise ConfigError(
             f"--out {out} exists and is not an xdc run folder; pass a new or empty folder"
         )
+    return None
 
 
-def create_run_folder(out: Path, config: PretrainConfig) -> None:
-    """Create ``out`` with config.json unless it holds one (after ``check_run_folder``)."""
+def _extension(out: Path, done: int, config: PretrainConfig) -> str:
+    """The note of a run extended from ``done`` iterations to ``config.train.iterations``, or the
+    error that says why it cannot be."""
+    wanted = config.train.iterations
+    if wanted < done:
+        raise ConfigError(
+            f"{out} was made with train.iterations={done}; a run cannot be shortened: pass "
+            f"train.iterations={done} to resume it, or a new --out"
+        )
+    if config.train.schedule != "constant":
+        raise ConfigError(
+            f"{out} was made with train.iterations={done}; with train.schedule="
+            f"{config.train.schedule} the rate of every step depends on the run's length, so "
+            f"the iterations done are not those of a {wanted}-iteration run. Pass "
+            f"train.iterations={done} to resume it, or a new --out"
+        )
+    return f"extending {out} from {done} to {wanted} iterations (train.iterations)"
+
+
+def create_run_folder(out: Path, config: PretrainConfig, extend: bool = False) -> None:
+    """Create ``out`` with config.json unless it holds one (after ``check_run_folder``);
+    ``extend``: replace it (``check_run_folder`` allowed the longer run)."""
     path = out / CONFIG_NAME
-    if path.is_file():
+    if path.is_file() and not extend:
         return
     for p in atomic.temporaries(path):
         p.unlink(missing_ok=True)

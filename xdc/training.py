@@ -67,14 +67,17 @@ def pretrain(
     device: str | None = None,
     progress: bool = True,
     allow_data_change: bool = False,
+    extend: bool = False,
 ) -> LoopState:
     """Pretrain both encoders with ``config.method`` on the videos of ``data`` (a manifest).
 
     Resumes automatically from ``out/checkpoint.pt``; a finished run returns at once. A run is
     resumed only on the data it was trained on — the same manifest content, split and number of
     processes (RUN/run.json; a manifest that moved is fine) — unless ``allow_data_change``.
+    ``extend``: a run made with fewer ``train.iterations`` goes on to ``config``'s
+    (``xdc.run.check_run_folder``).
     """
-    run = open_run(config, data, out, split, device, progress, allow_data_change)
+    run = open_run(config, data, out, split, device, progress, allow_data_change, extend)
     with deterministic_algorithms(config.train.deterministic, run.device):
         return _pretrain(run)
 
@@ -93,6 +96,8 @@ def _pretrain(run: RunContext) -> LoopState:
     ckpt_path = run.out / CHECKPOINT_NAME
     if ckpt_path.is_file():
         state = restore(ckpt_path, model, optimizer, scaler)
+        if state.finished and state.iteration < config.train.iterations:
+            state.finished = False  # extended (xdc.run.check_run_folder): cluster again
         if state.finished:
             run.say(f"{run.out} is finished ({config.train.iterations} iterations); nothing to do")
             return state
