@@ -59,7 +59,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # by a network twice as wide; 4 frames at 4 fps (still one second) pay for the width (a step
     # costs what 8 frames at width 16 cost), so twice the steps fit. No horizontal flip: a mirrored
     # glyph is another glyph (dropping it, with the rest, did not hurt motion or appearance). A
-    # fourth iteration: the video side gets a second labelling from good audio clusters (+3.75
+    # fourth iteration: the video side gets a second labelling from good audio clusters (+3.7
     # points of XDC video on val, six paired runs over three families).
     "small": {
         "model": {**_TINY["model"], "video_width": 32},
