@@ -53,7 +53,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # steps before the video encoder fits it, and the last labelling is the best one.
     # strong_hue: colour is a nuisance the encoder must learn to ignore.
     "tiny": _TINY,
-    # The preset for your own few hundred to few thousand videos on a CPU: ~12 minutes of XDC
+    # The preset for your own few hundred to few thousand videos on a CPU: ~11 minutes of XDC
     # pretraining on 2 cores. Chosen on val over three kinds of data (docs/presets.md): what an
     # object is (a shape, a handwritten digit on a photograph) is read better at 48×48 crops and
     # by a network twice as wide; 4 frames at 4 fps (still one second) pay for the width (a step
