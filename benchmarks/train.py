@@ -43,13 +43,13 @@ sys.path.insert(0, str(ROOT))
 
 from jsonrows import append_rows, make_row  # noqa: E402
 
-from xdc import training  # noqa: E402
+from xdc import optim, training  # noqa: E402
 from xdc.allocator import keep_heap  # noqa: E402
 from xdc.config import PretrainConfig, build_config  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
-from xdc.deep_clustering import DeepClusteringModel  # noqa: E402
-from xdc.encoders import build_encoders, use_fast_layout  # noqa: E402
+from xdc.deep_clustering import build_model  # noqa: E402
+from xdc.encoders import use_fast_layout  # noqa: E402
 from xdc.methods import get_method  # noqa: E402
 from xdc.training import pretrain  # noqa: E402
 
@@ -92,16 +92,11 @@ class ModelOnly:
         d, b = config.data, config.train.batch_size
         frames = d.train_frames or d.num_frames
         self.clip = config.train.grad_clip
-        self.model = DeepClusteringModel(
-            build_encoders(config.model, d.n_mels),
-            get_method(config.method),
-            {"video": config.cluster.k, "audio": config.cluster.k},
-        )
-        if config.train.channels_last:  # as the loop does
+        # The loop's model, layout and optimizer (xdc.training._pretrain), on the CPU.
+        self.model = build_model(config, get_method(config.method), 0, torch.device("cpu"))
+        if config.train.channels_last:
             use_fast_layout(dict(self.model.encoders), torch.device("cpu"))
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4
-        )
+        self.optimizer = optim.sgd(self.model.parameters(), config.train)
         self.inputs = {
             "video": torch.randint(0, 256, (b, 3, frames, d.crop_size, d.crop_size)).to(
                 torch.uint8
