@@ -358,7 +358,7 @@ def test_encoders_keep_the_normalisation_constants_on_their_device() -> None:
     [
         (lambda: Mixed2D3D(width=4, video_input="rgb_diff"), (2, 3, 4, 32, 32), torch.uint8),
         (lambda: FrameCNN(width=4), (2, 3, 4, 32, 32), torch.uint8),
-        (lambda: AudioResNet18(width=4, n_mels=40), (2, 1, 40, 100), torch.float32),
+        (lambda: AudioResNet18(width=16, n_mels=40), (2, 1, 40, 100), torch.float32),
     ],
 )
 def test_fast_layout_puts_2d_convs_in_channels_last_with_the_same_numbers(
@@ -385,6 +385,28 @@ def test_fast_layout_puts_2d_convs_in_channels_last_with_the_same_numbers(
         torch.testing.assert_close(q.grad, p.grad, atol=1e-3, rtol=1e-3, msg=name)
     assert fast.state_dict().keys() == plain.state_dict().keys()
     make().load_state_dict(fast.state_dict())  # a checkpoint of it loads into a plain encoder
+
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda: AudioResNet18(width=4, n_mels=40), lambda: AudioResNet18(width=8, n_mels=40)],
+)
+def test_fast_layout_keeps_narrow_encoders_as_they_are_on_cpu(
+    make: Callable[[], nn.Module],
+) -> None:
+    """Below width 16 a strided 1x1 conv has fewer input channels than oneDNN's channel block,
+    where its channels-last backward pass writes past its buffer (oneDNN issue #6035): on CPU
+    such an encoder keeps its layout; on CUDA (cuDNN) it is changed as usual."""
+    model = make()
+    assert any(
+        isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+        for m in model.modules()
+    ), "the encoder has the convolution the rule is about"
+    assert use_fast_layout({"video": model}, torch.device("cpu")) == []
+    assert all(m.weight.is_contiguous() for m in model.modules() if isinstance(m, nn.Conv2d))
+    with torch.device("meta"):
+        meta = make()
+    assert use_fast_layout({"video": meta}, torch.device("cuda"))
 
 
 def test_fast_layout_leaves_r2plus1d_as_it_is_on_cpu() -> None:

@@ -53,9 +53,16 @@ def use_fast_layout(encoders: dict[str, nn.Module], device: torch.device) -> lis
     checkpoints unchanged). On CPU, one training step of ``tiny`` or ``small`` runs 1.26× faster
     in oneDNN's channels-last 2D convolutions; a 3D convolution is not faster there, so the 3D
     layers keep theirs. Call before the optimizer is made. Returns what was changed.
+
+    On CPU an encoder with a strided 1×1 convolution of fewer than 16 input channels (a width
+    below 16) keeps its layout: oneDNN's channels-last 1×1 backward-weights kernel writes past its
+    buffer when the input channels are fewer than its channel block (8 with AVX2, 16 with
+    AVX-512; oneDNN issue #6035) — heap corruption with one thread, wrong gradients with more.
     """
     changed = []
     for name, encoder in encoders.items():
+        if device.type == "cpu" and _narrow_strided_1x1(encoder):
+            continue
         if isinstance(encoder, Mixed2D3D):
             encoder.frames.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
             changed.append(f"{name}: per-frame 2D convolutions in channels_last")
@@ -65,6 +72,23 @@ def use_fast_layout(encoders: dict[str, nn.Module], device: torch.device) -> lis
         elif device.type == "cuda" and use_channels_last(encoder):
             changed.append(f"{name}: 3D convolutions in channels_last_3d")
     return changed
+
+
+ONEDNN_SAFE_CHANNELS = 16
+"""Fewest input channels of a strided 1×1 convolution that oneDNN's channels-last CPU kernels
+handle on every x86 ISA (the AVX-512 channel block; oneDNN issue #6035)."""
+
+
+def _narrow_strided_1x1(encoder: nn.Module) -> bool:
+    """Whether ``encoder`` has a 2D 1×1 convolution with a stride and fewer than
+    ``ONEDNN_SAFE_CHANNELS`` input channels (see ``use_fast_layout``)."""
+    return any(
+        isinstance(m, nn.Conv2d)
+        and m.kernel_size == (1, 1)
+        and m.stride != (1, 1)
+        and m.in_channels < ONEDNN_SAFE_CHANNELS
+        for m in encoder.modules()
+    )
 
 
 def load_encoders(
