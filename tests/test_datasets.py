@@ -182,6 +182,66 @@ def test_ram_cache_cuts_the_same_clips_as_the_decoder(demo_manifest: Path) -> No
             assert (a - b).abs().mean() < 0.05 and (a - b).abs().max() < 1.0
 
 
+def test_ram_cache_log_mels_are_the_log_mels_of_the_window_on_the_hop_grid(
+    demo_manifest: Path,
+) -> None:
+    """A training dataset's cache holds each track's log-mel; a clip's is a slice of it: exactly
+    the log-mel of the audio window moved to the track's hop grid (at most half a hop from where
+    the decoder puts it), zeros outside the track included. Evaluation clips keep the waveform."""
+    ds = _dataset(demo_manifest, train=True)
+    cache = ds.build_cache(progress=False)
+    lm, n = ds.logmel, int(ds.spec.audio_samples or 0)
+    for row in ds.rows[:3]:
+        track = cache.videos[row].audio
+        assert track is not None
+        padded = np.concatenate([np.zeros(n, np.float32), track, np.zeros(n, np.float32)])
+        for start in (0.0, 0.013, 0.1, 0.37, 5.0):  # 5.0 is past the end: moved back to fit
+            sliced = cache.clip(row, start, ds.spec, lm)
+            plain = cache.clip(row, start, ds.spec)
+            assert sliced.audio is None and sliced.logmel is not None
+            np.testing.assert_array_equal(sliced.frames, plain.frames)
+            shift = sliced.audio_start_sec - plain.audio_start_sec
+            assert abs(shift) <= lm.hop_length / 2 / ds.spec.sample_rate + 1e-9
+            first = round(sliced.audio_start_sec * ds.spec.sample_rate) + n  # index in `padded`
+            expected = lm(torch.from_numpy(padded[first : first + n]))
+            assert sliced.logmel.shape == (ds.config.n_mels, ds.config.audio_frames)
+            torch.testing.assert_close(torch.from_numpy(sliced.logmel), expected, atol=1e-4, rtol=0)
+    keys = epoch_keys(ds.rows, 6, seeds.rng(0, "sample", 0, 0))
+    assert all(ds[k]["audio"].shape == (1, ds.config.n_mels, ds.config.audio_frames) for k in keys)
+    # A cache whose log-mels another transform made is not sliced; evaluation clips are not either.
+    other = _dataset(demo_manifest, train=True, data__n_mels=32)
+    other.cache = cache
+    assert other[keys[0]]["audio"].shape[1] == 32
+    evaluation = _dataset(demo_manifest, train=False)
+    evaluation.cache = cache
+    key = ClipKey(ds.rows[0], seed=0, clip=0)
+    clip = cache.clip(ds.rows[0], evaluation.clip_start(ds.rows[0], key, None), evaluation.spec)  # type: ignore[arg-type]
+    torch.testing.assert_close(
+        evaluation[key]["audio"][0], lm(torch.from_numpy(clip.audio)), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batch_transform_takes_the_cached_log_mels_as_the_per_clip_path_does(
+    demo_manifest: Path, train: bool
+) -> None:
+    config = tiny_config("xdc", data__augment="strong_hue", data__spec_augment=True).data
+    manifest = read_manifest(demo_manifest)
+    one_by_one = ClipDataset(manifest, config, train=train)
+    deferred = ClipDataset(manifest, config, train=train, batch_transforms=True)
+    one_by_one.cache = deferred.build_cache(progress=False)
+    keys = epoch_keys(deferred.rows, 8, seeds.rng(0, "sample", 0, 0))
+    if not train:
+        keys = [ClipKey(k.row, 0, clip=0) for k in keys]
+    raw = collate_clips([deferred[k] for k in keys])
+    assert ("logmel" in raw) == train and ("wave" in raw) != train
+    batched = BatchTransform(config)(raw)
+    for i, key in enumerate(keys):
+        alone = one_by_one[key]
+        assert torch.equal(batched["video"][i], alone["video"])
+        torch.testing.assert_close(batched["audio"][i], alone["audio"], atol=1e-5, rtol=1e-5)
+
+
 def _broken_copy(demo_manifest: Path, tmp_path: Path) -> tuple[Path, int]:
     manifest_path = _copy_demo(demo_manifest, tmp_path / "data")
     broken = read_manifest(manifest_path).path(2)

@@ -100,6 +100,9 @@ class LogMel(torch.nn.Module):
         super().__init__()
         self.sample_rate = sample_rate
         self.n_mels = n_mels
+        self.signature = (sample_rate, n_mels, win_ms, hop_ms, n_fft, f_min, f_max, log_eps)
+        """The arguments: two LogMels of one signature compute the same spectrogram (a RAM cache
+        keeps log-mels of one, ``xdc.data.cache``)."""
         self.win_length = round(sample_rate * win_ms / 1000)
         self.hop_length = round(sample_rate * hop_ms / 1000)
         self.n_fft = n_fft if n_fft is not None else 1 << max(0, self.win_length - 1).bit_length()

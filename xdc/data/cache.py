@@ -13,6 +13,13 @@ decoded without their frames), no audio without ``audio_samples`` or without an 
 One cache can serve datasets whose specs differ (``clip(row, start, spec)``): a video dataset and
 an audio one over the same rows.
 
+With a ``LogMel`` (``ClipDataset.build_cache`` passes its own), the cache also holds each track's
+log-mel spectrogram, computed once over the zero-padded track: a clip's log-mel is then a slice of
+it (``clip(..., logmel=)``) rather than a short-time transform per clip and epoch. The slice is
+exactly the log-mel of the clip's audio window moved to the track's hop grid (10 ms by default):
+the window starts at most half a hop (5 ms) from where ``decode_clip`` starts it; its frames are
+the ones the window would give, zeros outside the track included.
+
 A row with a segment (``Manifest.segment``: 10 s of a longer video) caches that segment only —
 its frames and its audio — and its clips stay inside it by ``decode_clip``'s segment rules.
 """
@@ -25,7 +32,9 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
+from xdc.data.audio import LogMel
 from xdc.data.decode import Clip, ClipSpec, clip_duration, decode_clip
 from xdc.data.manifest import Manifest
 from xdc.errors import ConfigError, DecodeError
@@ -44,6 +53,8 @@ class CachedVideo:
     path: str = ""
     first: float = 0.0  # the segment's start (0: the whole file)
     audio_first: int = 0  # sample index (on the spec's rate grid) of audio[0]
+    logmel: np.ndarray | None = None  # (n_mels, F) float32 log-mel of the zero-padded track
+    logmel_first: int = 0  # index into ``audio`` (≤ 0: in the padding) of log-mel frame 0's start
 
 
 class ClipCache:
@@ -54,6 +65,8 @@ class ClipCache:
         rows: rows to cache (the others are decoded from disk as usual).
         spec: clip parameters; its size and sample rate fix what is cached.
         max_bytes: refuse to cache more than this (estimated from the manifest before decoding).
+        logmel: also keep each audio track's log-mel, for ``clip(..., logmel=)`` (see the module
+            docstring); its sample rate must be the spec's.
     """
 
     def __init__(
@@ -63,8 +76,14 @@ class ClipCache:
         spec: ClipSpec,
         max_bytes: int,
         progress: bool = True,
+        logmel: LogMel | None = None,
     ) -> None:
         self.spec = spec
+        if logmel is not None and logmel.sample_rate != spec.sample_rate:
+            raise ValueError(
+                f"the cache's LogMel takes {logmel.sample_rate} Hz, its spec {spec.sample_rate} Hz"
+            )
+        self.logmel = logmel if spec.audio_samples else None
         self.videos: dict[int, CachedVideo] = {}
         self.failed: dict[int, str] = {}
         estimate = sum(self._estimate_bytes(manifest, r) for r in rows)
@@ -76,7 +95,7 @@ class ClipCache:
             )
         for row in track(rows, desc="cache", enabled=progress, leave=False):
             try:
-                self.videos[row] = self._decode_whole(manifest, row)
+                self.videos[row] = self._with_logmel(self._decode_whole(manifest, row))
             except DecodeError as err:
                 self.failed[row] = f"{err.path}: {err.reason}"
                 log.warning("skipping unreadable video %s (%s)", err.path, err.reason)
@@ -89,6 +108,8 @@ class ClipCache:
     def _estimate_bytes(self, manifest: Manifest, row: int) -> int:
         want_video, want_audio = self._wants(manifest, row)
         audio = manifest.duration(row) * self.spec.sample_rate * 4 if want_audio else 0
+        if want_audio and self.logmel is not None:  # its log-mel: n_mels floats a hop
+            audio *= 1 + self.logmel.n_mels / self.logmel.hop_length
         if not want_video:
             return int(audio)
         info = manifest.rows[row]
@@ -164,10 +185,21 @@ class ClipCache:
     def __contains__(self, row: int) -> bool:
         return row in self.videos or row in self.failed
 
-    def clip(self, row: int, start_sec: float, spec: ClipSpec | None = None) -> Clip:
+    def clip(
+        self,
+        row: int,
+        start_sec: float,
+        spec: ClipSpec | None = None,
+        logmel: LogMel | None = None,
+    ) -> Clip:
         """The clip of ``spec`` (default ``self.spec``; same size and sample rate) starting at
         ``start_sec``, cut from memory: frames (T, H, W, 3) uint8 (empty when ``spec`` decodes no
-        video), audio (audio_samples,) float32 or None."""
+        video), audio (audio_samples,) float32 or None.
+
+        ``logmel``: the caller's log-mel transform; when it computes what the cache's does
+        (``LogMel.signature``) and the row's track has one, the clip holds ``logmel`` (a slice of
+        the track's, on its hop grid: the module docstring) and no ``audio``.
+        """
         if row in self.failed:
             path, _, reason = self.failed[row].partition(": ")
             raise DecodeError(path, reason)
@@ -194,23 +226,74 @@ class ClipCache:
         if spec.audio_samples:
             if video.audio is None:
                 raise DecodeError(video.path, "no audio stream (or not cached)")
-            audio, audio_start = self._audio_window(video, start, span, spec)
+            offset = _window_start(start, span, spec) - video.audio_first  # an index of the track
+            ours = self.logmel.signature if self.logmel is not None else None
+            cut = None
+            if logmel is not None and logmel.signature == ours:
+                cut = self._logmel_window(video, offset, spec)
+            if cut is not None:
+                return Clip(frames, frame_times, start, None, cut[1], logmel=cut[0])
+            audio, audio_start = self._audio_window(video, offset, spec)
         return Clip(frames, frame_times, start, audio, audio_start)
 
+    def _with_logmel(self, video: CachedVideo) -> CachedVideo:
+        """``video`` with the log-mel of its audio track zero-padded by a window on the left and a
+        window and a hop on the right (a window partly outside the track is then a slice too)."""
+        lm = self.logmel
+        if lm is None or video.audio is None:
+            return video
+        hop, win, n = lm.hop_length, lm.win_length, int(self.spec.audio_samples or 0)
+        pad = -(-n // hop) * hop
+        wave = torch.from_numpy(np.concatenate([np.zeros(pad, np.float32), video.audio,
+                                                np.zeros(n + hop, np.float32)]))  # fmt: skip
+        frames = lm.num_frames(len(wave))
+        chunk = 8192  # frames a call: bounds the transform's memory for a long track
+        with torch.no_grad():
+            parts = [
+                lm(wave[j * hop : (min(j + chunk, frames) - 1) * hop + win])
+                for j in range(0, frames, chunk)
+            ]
+        spectrogram = torch.cat(parts, dim=1).numpy()
+        return replace(video, logmel=spectrogram, logmel_first=-pad)
+
+    def _logmel_window(
+        self, video: CachedVideo, offset: int, spec: ClipSpec
+    ) -> tuple[np.ndarray, float] | None:
+        """(n_mels, frames) slice of the track's log-mel for the window starting at ``offset``
+        (an index of the track) moved to the hop grid, and the window's start time; None when
+        the window leaves the padded track."""
+        lm, spectrogram = self.logmel, video.logmel
+        if lm is None or spectrogram is None:
+            return None
+        hop = lm.hop_length
+        steps = round(offset / hop)
+        first = steps - video.logmel_first // hop
+        count = lm.num_frames(int(spec.audio_samples or 0))
+        if first < 0 or first + count > spectrogram.shape[1] or count == 0:
+            return None
+        start = (video.audio_first + steps * hop) / spec.sample_rate
+        return spectrogram[:, first : first + count], start
+
     def _audio_window(
-        self, video: CachedVideo, start: float, span: float, spec: ClipSpec
+        self, video: CachedVideo, offset: int, spec: ClipSpec
     ) -> tuple[np.ndarray, float]:
+        """The window of ``spec.audio_samples`` starting at ``offset`` (an index of the track),
+        zeros outside the track, and its start time."""
         n = int(spec.audio_samples or 0)
-        rate = spec.sample_rate
-        ideal = start + span / 2 - n / (2 * rate) if spec.audio_align == "center" else start
-        first = int(round(ideal * rate))
-        offset = first - video.audio_first  # the window's first sample, as an index of the track
         out = np.zeros(n, dtype=np.float32)
         track = video.audio if video.audio is not None else np.zeros(0, np.float32)
         lo, hi = max(0, offset), min(len(track), offset + n)
         if hi > lo:
             out[lo - offset : hi - offset] = track[lo:hi]
-        return out, first / rate
+        return out, (offset + video.audio_first) / spec.sample_rate
+
+
+def _window_start(start: float, span: float, spec: ClipSpec) -> int:
+    """First sample (on the spec's rate grid) of the audio window of a clip starting at
+    ``start``: centred on the clip, or at its start (``spec.audio_align``), as ``decode_clip``."""
+    n, rate = int(spec.audio_samples or 0), spec.sample_rate
+    ideal = start + span / 2 - n / (2 * rate) if spec.audio_align == "center" else start
+    return int(round(ideal * rate))
 
 
 @functools.lru_cache(maxsize=16)

@@ -14,7 +14,8 @@ plus ``failures``: the ``"path: reason"`` of files that failed and were replaced
 With ``batch_transforms=True`` a dataset leaves the per-clip float work — strong augmentation,
 log-mel, SpecAugment — to :class:`BatchTransform`, which does it for a whole batch on the model's
 device: samples then hold ``video_raw`` (uint8, cropped and flipped), ``wave`` (float (N,)
-waveform) and the parameters the clip drew (``video_params``, ``audio_params``) in place of
+waveform) — or ``logmel`` (float (n_mels, n_frames)) when the RAM cache holds the tracks' log-mels
+(``xdc.data.cache``: a slice per clip instead of a transform per batch) — and the parameters the clip drew (``video_params``, ``audio_params``) in place of
 ``video`` and ``audio``. :func:`device_loader` yields such batches finished on the device. Either
 way the clip of a key is the same (up to float rounding): the parameters are drawn from the key's
 generator in the dataset, and both paths run the same batched functions
@@ -187,8 +188,18 @@ class ClipDataset(Dataset[dict[str, Any]]):
     def build_cache(self, progress: bool = True) -> ClipCache:
         """Decode every usable video into RAM (``data.cache=memory``); returns the cache."""
         limit = int(self.config.cache_gib * 2**30)
-        self.cache = ClipCache(self.manifest, self.rows, self.spec, limit, progress)
+        logmel = self.logmel if self.need_audio and self.train else None  # see _cached_logmel
+        self.cache = ClipCache(self.manifest, self.rows, self.spec, limit, progress, logmel)
         return self.cache
+
+    def _cached_logmel(self) -> bool:
+        """Whether samples carry ``logmel`` rather than ``wave``: in training, when the cache
+        holds the tracks' log-mels as this dataset computes them; then every sample does (a
+        batch has one set of keys). Their windows sit on the track's hop grid, up to half a hop
+        from the decoder's (``xdc.data.cache``): one more jitter of a random clip start. An
+        evaluation clip keeps the decoder's window exactly (from the cache's waveform)."""
+        cached = self.cache.logmel if self.cache is not None and self.train else None
+        return cached is not None and cached.signature == self.logmel.signature
 
     def clip_start(self, row: int, key: ClipKey, rng: np.random.Generator) -> float:
         """Random start (training: temporal jittering) or the centre of the key's fixed clip,
@@ -257,7 +268,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
             path = self._paths[row] = str(self.manifest.path(row))
         spec = self.spec_for(row)
         if self.cache is not None and row in self.cache:
-            clip = self.cache.clip(row, start, spec)
+            clip = self.cache.clip(row, start, spec, self.logmel if self._cached_logmel() else None)
         else:
             duration, segment = self.manifest.file_duration(row), self.manifest.segment(row)
             clip = decode_clip(path, start, spec, duration_sec=duration or None, segment=segment)
@@ -272,10 +283,17 @@ class ClipDataset(Dataset[dict[str, Any]]):
         if self.need_video:
             sample.update(self.video_views(clip.frames, rng if self.train else None))
         if self.need_audio:
-            assert clip.audio is not None
-            sample["wave"] = torch.from_numpy(clip.audio)
+            if clip.logmel is not None:  # a view of the cache's; nothing writes to it
+                sample["logmel"] = torch.from_numpy(clip.logmel)
+            else:
+                assert clip.audio is not None
+                wave = torch.from_numpy(clip.audio)
+                if self._cached_logmel():  # a row decoded from disk, or a window off the track
+                    sample["logmel"] = self.logmel(wave)
+                else:
+                    sample["wave"] = wave
             if self.augment_audio:
-                frames = self.logmel.num_frames(len(clip.audio))
+                frames = self.logmel.num_frames(int(spec.audio_samples or 0))
                 sample["audio_params"] = draw_spec_augment(rng, self.config.n_mels, frames)
         return self._finish(sample)
 
@@ -330,14 +348,19 @@ class ClipDataset(Dataset[dict[str, Any]]):
             if self.augment_video:
                 sample["video_params"] = IDENTITY_AUGMENT.copy()
         if self.need_audio:
-            sample["wave"] = torch.zeros(self.spec.audio_samples or 0)
+            samples = int(self.spec.audio_samples or 0)
+            if self._cached_logmel():
+                sample["logmel"] = torch.zeros(self.config.n_mels, self.logmel.num_frames(samples))
+            else:
+                sample["wave"] = torch.zeros(samples)
             if self.augment_audio:
                 sample["audio_params"] = np.zeros(SPEC_AUGMENT_PARAMS, dtype=np.int64)
         return self._finish(sample)
 
 
-RAW_KEYS = ("video_raw", "video_params", "wave", "audio_params")
-"""What a ``ClipDataset(batch_transforms=True)`` sample holds in place of ``video`` and ``audio``."""
+RAW_KEYS = ("video_raw", "video_params", "wave", "logmel", "audio_params")
+"""What a ``ClipDataset(batch_transforms=True)`` sample holds in place of ``video`` and ``audio``
+(``wave`` or ``logmel``, not both)."""
 
 
 class BatchTransform:
@@ -346,8 +369,8 @@ class BatchTransform:
 
     Called on a batch of a ``ClipDataset(batch_transforms=True)``: copies its raw tensors to
     ``device`` (``non_blocking``: from pinned memory the copy does not wait) and returns the
-    batch with ``video`` (uint8) and ``audio`` (log-mel) there, as the dataset would have made
-    them one by one; the other entries stay where they were. A sample that failed to load
+    batch with ``video`` (uint8) and ``audio`` (log-mel, computed from ``wave`` or taken as it
+    is from ``logmel``) there, as the dataset would have made them one by one; the other entries stay where they were. A sample that failed to load
     (``valid`` False) gets zeros, as from the dataset.
     """
 
@@ -366,8 +389,11 @@ class BatchTransform:
                 params = batch["video_params"].to(dev, non_blocking=True)
                 video = strong_augment_clips(video, params, self.hue)
             out["video"] = video
-        if "wave" in batch:
-            audio = self.logmel(batch["wave"].to(dev, non_blocking=True)).unsqueeze(1)
+        if "wave" in batch or "logmel" in batch:
+            if "logmel" in batch:  # from the RAM cache's log-mels (``xdc.data.cache``)
+                audio = batch["logmel"].to(dev, non_blocking=True).unsqueeze(1)
+            else:
+                audio = self.logmel(batch["wave"].to(dev, non_blocking=True)).unsqueeze(1)
             if "audio_params" in batch:
                 audio = spec_augment_batch(audio, batch["audio_params"].to(dev, non_blocking=True))
             if "valid" in batch:

@@ -152,7 +152,9 @@ class Clip:
         frame_times: (T,) float64 presentation time (s) of each chosen source frame; (0,) likewise.
         start_sec: the clip start after clamping.
         audio: (audio_samples,) float32 mono at the spec's sample rate, or None without audio.
-        audio_start_sec: time of ``audio[0]`` (on the sample grid).
+        audio_start_sec: time of ``audio[0]`` (on the sample grid), or of the log-mel's window.
+        logmel: (n_mels, frames) float32 log-mel of the audio window in place of ``audio``: only
+            from a RAM cache that holds the track's (``ClipCache.clip``).
     """
 
     frames: np.ndarray
@@ -160,6 +162,7 @@ class Clip:
     start_sec: float
     audio: np.ndarray | None
     audio_start_sec: float
+    logmel: np.ndarray | None = None
 
 
 def clip_duration(spec: ClipSpec) -> float:
