@@ -21,6 +21,7 @@ from xdc.data.datasets import (
     collate_clips,
     device_loader,
     epoch_keys,
+    fixed_keys,
     worker_init,
 )
 from xdc.data.decode import decode_clip
@@ -240,6 +241,43 @@ def test_batch_transform_takes_the_cached_log_mels_as_the_per_clip_path_does(
         alone = one_by_one[key]
         assert torch.equal(batched["video"][i], alone["video"])
         torch.testing.assert_close(batched["audio"][i], alone["audio"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"data__augment": "strong_hue", "data__spec_augment": True},
+        {"data__augment": "none", "data__spec_augment": False, "data__train_frames": 3},
+    ],
+)
+def test_a_training_batch_from_the_cache_is_assembled_as_collate_would_make_it(
+    demo_manifest: Path, tmp_path: Path, options: dict[str, object]
+) -> None:
+    """``ClipDataset.__getitems__`` assembles a training batch of cached rows itself: the tensors,
+    dtypes and lists ``collate_clips`` makes of the clips one by one, whatever the loader's
+    workers; a batch with a row the cache could not hold is made clip by clip."""
+    manifest_path, broken = _broken_copy(demo_manifest, tmp_path)
+    config = tiny_config("xdc", data__flip=True, **options).data
+    ds = ClipDataset(read_manifest(manifest_path), config, train=True, batch_transforms=True)
+    ds.build_cache(progress=False)
+    keys = epoch_keys([r for r in ds.rows if r != broken], 8, seeds.rng(0, "sample", 0, 0))
+    assembled = ds.__getitems__(keys)
+    assert isinstance(assembled, dict), "the batch was assembled in place"
+    one_by_one = collate_clips([ds[k] for k in keys])
+    assert list(assembled) == list(one_by_one)
+    for name, value in one_by_one.items():
+        if isinstance(value, torch.Tensor):
+            assert assembled[name].dtype == value.dtype, name
+            assert torch.equal(assembled[name], value), name
+        else:
+            assert assembled[name] == value, name
+    loaded = next(iter(device_loader(ds, keys, 8, "cpu", workers=2)))
+    assert torch.equal(loaded["video"], BatchTransform(config)(assembled)["video"])
+    with_broken = [*keys[:3], ClipKey(broken, seed=3)]
+    assert isinstance(ds.__getitems__(with_broken), list)
+    evaluation = ClipDataset(ds.manifest, config, train=False, batch_transforms=True)
+    evaluation.cache = ds.cache
+    assert isinstance(evaluation.__getitems__(fixed_keys(evaluation.rows[:4])), list)
 
 
 def _broken_copy(demo_manifest: Path, tmp_path: Path) -> tuple[Path, int]:
