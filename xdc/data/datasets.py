@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from xdc.config import DataConfig
 from xdc.data.audio import LogMel
 from xdc.data.cache import ClipCache
-from xdc.data.decode import ClipSpec, clip_duration, decode_clip
+from xdc.data.decode import Clip, ClipSpec, clip_duration, decode_clip
 from xdc.data.manifest import Manifest
 from xdc.data.transforms import (
     IDENTITY_AUGMENT,
@@ -286,26 +286,17 @@ class ClipDataset(Dataset[dict[str, Any]]):
             row = key.row
             rng = np.random.default_rng(key.seed)
             clip = cache.clip(row, self.clip_start(row, key, rng), spec, self.logmel)
-            frames = clip.frames
-            if frames_kept < total:  # as video_views
-                frames = frames[np.sort(rng.choice(total, size=frames_kept, replace=False))]
-            video[i] = crop_and_flip(frames, size, rng, flip=cfg.flip).transpose(3, 0, 1, 2)
+            video[i] = self._crop(clip.frames, rng).transpose(3, 0, 1, 2)  # as video_views
             if self.augment_video:
                 video_params[i] = draw_strong_augment(rng, hue=hue)
-            if clip.logmel is not None:
-                logmel[i] = clip.logmel
-            else:  # the window leaves the padded track (a clip longer than the cached window)
-                assert clip.audio is not None
-                logmel[i] = self.logmel(torch.from_numpy(clip.audio)).numpy()
+            # The cache's slice as it is: a tensor round trip costs ~10 µs a clip here.
+            logmel[i] = clip.logmel if clip.logmel is not None else self._logmel_of(clip).numpy()
             if self.augment_audio:
                 audio_params[i] = draw_spec_augment(rng, cfg.n_mels, n_frames)
-            path = self._paths.get(row)
-            if path is None:
-                path = self._paths[row] = str(self.manifest.path(row))
             rows.append(row)
             labels.append(self.manifest.label(row))
             starts.append(clip.start_sec)
-            paths.append(path)
+            paths.append(self._path(row))
         batch: dict[str, Any] = {
             "index": torch.tensor(rows),
             "label": torch.tensor(labels),
@@ -348,12 +339,11 @@ class ClipDataset(Dataset[dict[str, Any]]):
         self, row: int, key: ClipKey, rng: np.random.Generator, start: float
     ) -> dict[str, Any]:
         """The clip of ``row`` starting at ``start``; ``rng`` draws its crop and augmentation."""
-        path = self._paths.get(row)
-        if path is None:
-            path = self._paths[row] = str(self.manifest.path(row))
+        path = self._path(row)
         spec = self.spec_for(row)
+        sliced = self._cached_logmel()
         if self.cache is not None and row in self.cache:
-            clip = self.cache.clip(row, start, spec, self.logmel if self._cached_logmel() else None)
+            clip = self.cache.clip(row, start, spec, self.logmel if sliced else None)
         else:
             duration, segment = self.manifest.file_duration(row), self.manifest.segment(row)
             clip = decode_clip(path, start, spec, duration_sec=duration or None, segment=segment)
@@ -368,15 +358,11 @@ class ClipDataset(Dataset[dict[str, Any]]):
         if self.need_video:
             sample.update(self.video_views(clip.frames, rng if self.train else None))
         if self.need_audio:
-            if clip.logmel is not None:  # a view of the cache's; nothing writes to it
-                sample["logmel"] = torch.from_numpy(clip.logmel)
+            if sliced:  # every sample then carries a log-mel (a batch has one set of keys)
+                sample["logmel"] = self._logmel_of(clip)
             else:
                 assert clip.audio is not None
-                wave = torch.from_numpy(clip.audio)
-                if self._cached_logmel():  # a row decoded from disk, or a window off the track
-                    sample["logmel"] = self.logmel(wave)
-                else:
-                    sample["wave"] = wave
+                sample["wave"] = torch.from_numpy(clip.audio)
             if self.augment_audio:
                 frames = self.logmel.num_frames(int(spec.audio_samples or 0))
                 sample["audio_params"] = draw_spec_augment(rng, self.config.n_mels, frames)
@@ -393,15 +379,35 @@ class ClipDataset(Dataset[dict[str, Any]]):
         several views in ``video_raw`` (``xdc.evaluation.finetune_clips.ThreeCropClips``: three
         crops, (3, 3, T, S, S)). A clip that fails to load gets the views of blank frames.
         """
+        out: dict[str, Any] = {"video_raw": to_uint8_clip(self._crop(frames, rng))}
+        if rng is not None and self.augment_video:
+            out["video_params"] = draw_strong_augment(rng, hue=self.config.augment == "strong_hue")
+        return out
+
+    def _crop(self, frames: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
+        """(T, H, W, 3) frames → (T', S, S, 3) view or copy: in training (``rng``)
+        ``data.train_frames`` of them, a random crop and flip drawn from ``rng``; else the centre
+        crop (``video_views`` and ``__getitems__``)."""
         cfg = self.config
         if rng is not None and 0 < cfg.train_frames < len(frames):
             keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
             frames = frames[keep]
-        frames = crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
-        out: dict[str, Any] = {"video_raw": to_uint8_clip(frames)}
-        if rng is not None and self.augment_video:
-            out["video_params"] = draw_strong_augment(rng, hue=cfg.augment == "strong_hue")
-        return out
+        return crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
+
+    def _path(self, row: int) -> str:
+        """``row``'s path as text, made on its first use (a Path per clip costs more)."""
+        path = self._paths.get(row)
+        if path is None:
+            path = self._paths[row] = str(self.manifest.path(row))
+        return path
+
+    def _logmel_of(self, clip: Clip) -> torch.Tensor:
+        """The clip's log-mel (n_mels, frames): the cache's slice when it has one (a view,
+        nothing writes to it), else computed from its waveform."""
+        if clip.logmel is not None:
+            return torch.from_numpy(clip.logmel)
+        assert clip.audio is not None
+        return self.logmel(torch.from_numpy(clip.audio))
 
     def _finish(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Apply the sample's transforms now (a batch of one), unless ``batch_transforms``."""
