@@ -52,6 +52,7 @@ from xdc.config import DataConfig, build_config  # noqa: E402
 from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys  # noqa: E402
 from xdc.data.decode import clip_duration  # noqa: E402
 from xdc.data.demo import generate_demo_data  # noqa: E402
+from xdc.data.draws import START, clip_draws  # noqa: E402
 from xdc.data.index import index_source  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
 from xdc.data.prepare import prepare_videos  # noqa: E402
@@ -90,7 +91,7 @@ def time_bare(dataset: ClipDataset, keys: list) -> float:
     audio_sec = (spec.audio_samples or 0) / spec.sample_rate
     start_time = time.perf_counter()
     for key in keys:
-        start = dataset.clip_start(key.row, key, np.random.default_rng(key.seed))
+        start = dataset.clip_start(key.row, key, clip_draws(key.seed, 1)[START])
         audio_start = start + span / 2 - audio_sec / 2
         bare_decode(
             str(dataset.manifest.path(key.row)), start, span, audio_start, audio_start + audio_sec

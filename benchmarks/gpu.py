@@ -55,7 +55,11 @@ from xdc.data.datasets import (  # noqa: E402
 )
 from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
-from xdc.data.transforms import SPEC_AUGMENT_PARAMS, draw_strong_augment  # noqa: E402
+from xdc.data.transforms import (  # noqa: E402
+    SPEC_AUGMENT_PARAMS,
+    STRONG_AUGMENT_PARAMS,
+    draw_strong_augment,
+)
 from xdc.deep_clustering import build_model  # noqa: E402
 from xdc.encoders import use_fast_layout  # noqa: E402
 from xdc.methods import get_method  # noqa: E402
@@ -101,7 +105,7 @@ def device_batch(config: PretrainConfig, batch_size: int, device: torch.device) 
     if d.augment != "none":
         hue = d.augment == "strong_hue"
         batch["video_params"] = torch.from_numpy(
-            np.stack([draw_strong_augment(rng, hue) for _ in range(batch_size)])
+            draw_strong_augment(rng.random((batch_size, STRONG_AUGMENT_PARAMS)), hue)
         )
     if d.spec_augment:
         batch["audio_params"] = torch.zeros(batch_size, SPEC_AUGMENT_PARAMS, dtype=torch.int64)

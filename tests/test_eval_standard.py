@@ -347,8 +347,8 @@ def test_three_crop_clips_hold_the_centre_crop(demo_manifest: Path) -> None:
 class Mirrored(ClipDataset):
     """A dataset that shows every clip mirrored, through the public hook alone."""
 
-    def video_views(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
-        views = super().video_views(frames, rng)
+    def video_views(self, frames: np.ndarray, u: np.ndarray | None) -> dict[str, Any]:
+        views = super().video_views(frames, u)
         return {**views, "video_raw": views["video_raw"].flip(-1)}
 
 

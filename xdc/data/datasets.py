@@ -18,13 +18,14 @@ waveform) — or ``logmel`` (float (n_mels, n_frames)) when the RAM cache holds 
 log-mels (``xdc.data.cache``: a slice per clip instead of a transform per batch) — and the
 parameters the clip drew (``video_params``, ``audio_params``) in place of ``video`` and ``audio``.
 :func:`device_loader` yields such batches finished on the device. Either way the clip of a key
-is the same (up to float rounding): the parameters are drawn from the key's generator in the
+is the same (up to float rounding): the parameters are drawn from the key's uniforms in the
 dataset, and both paths run the same batched functions (``xdc.data.transforms``), the per-clip
 one on a batch of one.
 
 A sampler yields ``ClipKey(row, seed, clip)`` rather than integers. The key fixes everything random
-about the clip (start time, crop, flip, augmentation), so a run is deterministic for a seed however
-many DataLoader workers load it, and an epoch can be replayed exactly after a resume.
+about the clip (start time, crop, flip, augmentation: a row of uniforms of its seed,
+``xdc.data.draws``), so a run is deterministic for a seed however many DataLoader workers load it,
+and an epoch can be replayed exactly after a resume.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from xdc.config import DataConfig
+from xdc.data import draws
 from xdc.data.audio import LogMel
 from xdc.data.cache import ClipCache
 from xdc.data.decode import Clip, ClipSpec, clip_duration, decode_clip
@@ -46,7 +48,6 @@ from xdc.data.manifest import Manifest
 from xdc.data.transforms import (
     IDENTITY_AUGMENT,
     SPEC_AUGMENT_PARAMS,
-    STRONG_AUGMENT_PARAMS,
     crop_and_flip,
     draw_spec_augment,
     draw_strong_augment,
@@ -142,6 +143,8 @@ class ClipDataset(Dataset[dict[str, Any]]):
         """Each row's path as text, made on its first load (a Path per clip costs more)."""
         self._starts: dict[int, tuple[float, float]] = {}
         """Each row's first clip start and the span its starts may cover (``clip_start``)."""
+        self._draws = draws.width(config.num_frames)
+        """Uniforms a training clip reads (``xdc.data.draws``)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -203,10 +206,11 @@ class ClipDataset(Dataset[dict[str, Any]]):
         cached = self.cache.logmel if self.cache is not None and self.train else None
         return cached is not None and cached.signature == self.logmel.signature
 
-    def clip_start(self, row: int, key: ClipKey, rng: np.random.Generator) -> float:
-        """Random start (training: temporal jittering) or the centre of the key's fixed clip,
-        inside the row's segment when it has one (``Manifest.segment``); a segment or file
-        shorter than a clip starts at its beginning (``data.overflow`` fills the rest)."""
+    def clip_start(self, row: int, key: ClipKey, u: float) -> float:
+        """Random start (training: temporal jittering; ``u`` is the clip's uniform
+        ``draws.START``) or the centre of the key's fixed clip, inside the row's segment when it
+        has one (``Manifest.segment``); a segment or file shorter than a clip starts at its
+        beginning (``data.overflow`` fills the rest)."""
         starts = self._starts.get(row)
         if starts is None:
             segment = self.manifest.segment(row)
@@ -215,30 +219,31 @@ class ClipDataset(Dataset[dict[str, Any]]):
             starts = self._starts[row] = (first, span)
         first, span = starts
         if key.clip < 0:
-            return first + (float(rng.uniform(0.0, span)) if span > 0 else 0.0)
+            return first + float(u) * span
         return first + span * (key.clip + 0.5) / max(1, key.num_clips)
 
     def __getitem__(self, key: ClipKey | int) -> dict[str, Any]:
         """The clip of ``key``: a pure function of the key (and of the files), whatever process
         loads it and whatever it loaded before.
 
-        Every attempt draws its clip (start, crop, augmentation) from a fresh generator seeded
-        with ``key.seed``; when a file fails, the row that replaces it is the next draw of a
-        stream of its own (a child of ``key.seed``), so the sequence of replacements does not
-        depend on which failures this process has already seen.
+        Every attempt reads its clip (start, crop, augmentation) from the uniforms of
+        ``key.seed`` (``xdc.data.draws``); when a file fails, the row that replaces it is the next
+        draw of a stream of its own (a child of ``key.seed``), so the sequence of replacements
+        does not depend on which failures this process has already seen.
         """
         if isinstance(key, int):
             key = ClipKey(self.rows[key], seed=key, clip=-1 if self.train else 0)
         replacements: np.random.Generator | None = None  # made on the first failure only
         failures: list[str] = []
         row = key.row
+        # A random-start key (clip −1) in evaluation gets its start, not its crop or augmentation.
+        u = draws.clip_draws(key.seed, self._draws) if self.train or key.clip < 0 else None
         while True:
-            rng = np.random.default_rng(key.seed)
-            start = self.clip_start(row, key, rng)
+            start = self.clip_start(row, key, u[draws.START] if u is not None else 0.0)
             failure = self._failed.get((row, start))
             if failure is None:
                 try:
-                    sample = self._load(row, key, rng, start)
+                    sample = self._load(row, key, u if self.train else None, start)
                     sample["failures"] = failures
                     return sample
                 except DecodeError as err:
@@ -266,9 +271,10 @@ class ClipDataset(Dataset[dict[str, Any]]):
         collates them). A training batch of cached rows whose log-mels the cache holds
         (``_cached_logmel``), loaded with ``batch_transforms``, comes back as the collated batch
         itself, assembled in place — each clip's crop written once, straight into the batch's
-        buffer, no per-clip dicts — equal to ``collate_clips([self[k] for k in keys])``: the same
-        draws from each key's generator in the same order, the same helpers. A batch of 32 ``tiny``
-        clips then takes 3.6 ms instead of 4.8 (cut and collated; ``benchmarks/train.py``)."""
+        buffer, no per-clip dicts, the batch's uniforms and parameters computed at once — equal to
+        ``collate_clips([self[k] for k in keys])``: the same uniforms at the same slots, the same
+        helpers. A batch of 32 ``tiny`` clips then takes ~1.5 ms instead of 4.8 (cut and collated
+        clip by clip with a numpy Generator each; ``benchmarks/train.py``)."""
         if not self._assembles(keys):
             return [self[k] for k in keys]
         cfg, spec, cache = self.config, self.spec, self.cache
@@ -278,21 +284,14 @@ class ClipDataset(Dataset[dict[str, Any]]):
         n_frames = self.logmel.num_frames(int(spec.audio_samples or 0))
         video = np.empty((n, 3, frames_kept, size, size), np.uint8)
         logmel = np.empty((n, cfg.n_mels, n_frames), np.float32)
-        video_params = np.empty((n, STRONG_AUGMENT_PARAMS), np.float32)
-        audio_params = np.empty((n, SPEC_AUGMENT_PARAMS), np.int64)
+        u = draws.clip_uniforms([key.seed for key in keys], self._draws)
         rows, labels, starts, paths = [], [], [], []
-        hue = cfg.augment == "strong_hue"
         for i, key in enumerate(keys):
             row = key.row
-            rng = np.random.default_rng(key.seed)
-            clip = cache.clip(row, self.clip_start(row, key, rng), spec, self.logmel)
-            video[i] = self._crop(clip.frames, rng).transpose(3, 0, 1, 2)  # as video_views
-            if self.augment_video:
-                video_params[i] = draw_strong_augment(rng, hue=hue)
+            clip = cache.clip(row, self.clip_start(row, key, u[i, draws.START]), spec, self.logmel)
+            video[i] = self._crop(clip.frames, u[i]).transpose(3, 0, 1, 2)  # as video_views
             # The cache's slice as it is: a tensor round trip costs ~10 µs a clip here.
             logmel[i] = clip.logmel if clip.logmel is not None else self._logmel_of(clip).numpy()
-            if self.augment_audio:
-                audio_params[i] = draw_spec_augment(rng, cfg.n_mels, n_frames)
             rows.append(row)
             labels.append(self.manifest.label(row))
             starts.append(clip.start_sec)
@@ -307,10 +306,12 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "video_raw": torch.from_numpy(video),
         }
         if self.augment_video:
-            batch["video_params"] = torch.from_numpy(video_params)
+            hue = cfg.augment == "strong_hue"
+            batch["video_params"] = torch.from_numpy(draw_strong_augment(u[:, draws.AUGMENT], hue))
         batch["logmel"] = torch.from_numpy(logmel)
         if self.augment_audio:
-            batch["audio_params"] = torch.from_numpy(audio_params)
+            audio = draw_spec_augment(u[:, draws.SPEC], cfg.n_mels, n_frames)
+            batch["audio_params"] = torch.from_numpy(audio)
         batch["failures"] = []
         return batch
 
@@ -335,10 +336,9 @@ class ClipDataset(Dataset[dict[str, Any]]):
                 return False
         return True
 
-    def _load(
-        self, row: int, key: ClipKey, rng: np.random.Generator, start: float
-    ) -> dict[str, Any]:
-        """The clip of ``row`` starting at ``start``; ``rng`` draws its crop and augmentation."""
+    def _load(self, row: int, key: ClipKey, u: np.ndarray | None, start: float) -> dict[str, Any]:
+        """The clip of ``row`` starting at ``start``; ``u``: its uniforms (``xdc.data.draws``) in
+        training, for its crop and augmentation; None in evaluation."""
         path = self._path(row)
         spec = self.spec_for(row)
         sliced = self._cached_logmel()
@@ -356,7 +356,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "valid": True,
         }
         if self.need_video:
-            sample.update(self.video_views(clip.frames, rng if self.train else None))
+            sample.update(self.video_views(clip.frames, u))
         if self.need_audio:
             if sliced:  # every sample then carries a log-mel (a batch has one set of keys)
                 sample["logmel"] = self._logmel_of(clip)
@@ -365,34 +365,40 @@ class ClipDataset(Dataset[dict[str, Any]]):
                 sample["wave"] = torch.from_numpy(clip.audio)
             if self.augment_audio:
                 frames = self.logmel.num_frames(int(spec.audio_samples or 0))
-                sample["audio_params"] = draw_spec_augment(rng, self.config.n_mels, frames)
+                assert u is not None
+                sample["audio_params"] = draw_spec_augment(
+                    u[draws.SPEC], self.config.n_mels, frames
+                )
         return self._finish(sample)
 
-    def video_views(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
+    def video_views(self, frames: np.ndarray, u: np.ndarray | None) -> dict[str, Any]:
         """The video entries of a sample, from its decoded (T, H, W, 3) uint8 frames: ``video_raw``
         (3, T, S, S) uint8 — in training ``data.train_frames`` of the frames, a random crop and
         flip; else the centre crop — and, with strong augmentation, ``video_params`` (drawn here
-        from ``rng``, applied by ``BatchTransform``). ``rng``: the clip's generator in training,
-        None in evaluation.
+        from ``u``, applied by ``BatchTransform``). ``u``: the clip's uniforms in training
+        (``xdc.data.draws``), None in evaluation.
 
         The hook for a dataset that shows a clip otherwise: a subclass overrides it and may stack
         several views in ``video_raw`` (``xdc.evaluation.finetune_clips.ThreeCropClips``: three
         crops, (3, 3, T, S, S)). A clip that fails to load gets the views of blank frames.
         """
-        out: dict[str, Any] = {"video_raw": to_uint8_clip(self._crop(frames, rng))}
-        if rng is not None and self.augment_video:
-            out["video_params"] = draw_strong_augment(rng, hue=self.config.augment == "strong_hue")
+        out: dict[str, Any] = {"video_raw": to_uint8_clip(self._crop(frames, u))}
+        if u is not None and self.augment_video:
+            hue = self.config.augment == "strong_hue"
+            out["video_params"] = draw_strong_augment(u[draws.AUGMENT], hue)
         return out
 
-    def _crop(self, frames: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """(T, H, W, 3) frames → (T', S, S, 3) view or copy: in training (``rng``)
-        ``data.train_frames`` of them, a random crop and flip drawn from ``rng``; else the centre
-        crop (``video_views`` and ``__getitems__``)."""
+    def _crop(self, frames: np.ndarray, u: np.ndarray | None) -> np.ndarray:
+        """(T, H, W, 3) frames → (T', S, S, 3) view or copy: in training (``u``, the clip's
+        uniforms) ``data.train_frames`` of them, a random crop and flip; else the centre crop
+        (``video_views`` and ``__getitems__``)."""
         cfg = self.config
-        if rng is not None and 0 < cfg.train_frames < len(frames):
-            keep = np.sort(rng.choice(len(frames), size=cfg.train_frames, replace=False))
-            frames = frames[keep]
-        return crop_and_flip(frames, cfg.crop_size, rng, flip=cfg.flip)
+        if u is not None and 0 < cfg.train_frames < len(frames):
+            ranks = u[draws.FRAMES : draws.FRAMES + len(frames)]
+            frames = frames[np.sort(np.argsort(ranks, kind="stable")[: cfg.train_frames])]
+        return crop_and_flip(
+            frames, cfg.crop_size, u[draws.CROP] if u is not None else None, cfg.flip
+        )
 
     def _path(self, row: int) -> str:
         """``row``'s path as text, made on its first use (a Path per clip costs more)."""

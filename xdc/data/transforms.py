@@ -3,8 +3,10 @@ per-clip augmentation (in float, back to uint8) and SpecAugment on log-mel. Clip
 uint8; the normalisation with the Kinetics statistics belongs to the encoders, which apply it on
 their device (``xdc.models.video.normalize_video``).
 
-All randomness comes from a ``numpy.random.Generator`` the caller passes in, so a clip is a pure
-function of its sample key (deterministic across DataLoader workers and resumes).
+All randomness comes from uniforms in [0, 1) the caller passes in — a training clip's come from its
+key (``xdc.data.draws``) — so a clip is a pure function of its sample key (deterministic across
+DataLoader workers and resumes). The ``draw_*`` functions turn uniforms into parameters elementwise:
+one clip's (a row) or a batch's (rows) at once, with the same numbers either way.
 """
 
 from __future__ import annotations
@@ -17,25 +19,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def crop_box(
-    height: int, width: int, size: int, rng: np.random.Generator | None
-) -> tuple[int, int]:
-    """Top-left corner of a ``size`` square crop: random when ``rng`` is given, centred otherwise."""
+def crop_box(height: int, width: int, size: int, u: np.ndarray | None) -> tuple[int, int]:
+    """Top-left corner of a ``size`` square crop: from the uniforms ``u`` (top, left) when given,
+    centred otherwise."""
     if height < size or width < size:
         raise ValueError(f"frames of {height}x{width} are smaller than the crop size {size}")
-    if rng is None:
+    if u is None:
         return (height - size) // 2, (width - size) // 2
-    u = rng.random(2)
     return int(u[0] * (height - size + 1)), int(u[1] * (width - size + 1))
 
 
-def crop_and_flip(
-    frames: np.ndarray, size: int, rng: np.random.Generator | None, flip: bool
-) -> np.ndarray:
-    """(T, H, W, 3) uint8 → (T, size, size, 3) uint8: a view when no flip is drawn."""
-    top, left = crop_box(frames.shape[1], frames.shape[2], size, rng)
+def crop_and_flip(frames: np.ndarray, size: int, u: np.ndarray | None, flip: bool) -> np.ndarray:
+    """(T, H, W, 3) uint8 → (T, size, size, 3) uint8: a view when not mirrored. ``u``: uniforms
+    (top, left, flip) of a random crop, mirrored when ``flip`` and u[2] < 0.5 (``xdc.data.draws.CROP``);
+    None: the centre crop."""
+    top, left = crop_box(frames.shape[1], frames.shape[2], size, u)
     out = frames[:, top : top + size, left : left + size]
-    if flip and rng is not None and rng.random() < 0.5:
+    if flip and u is not None and u[2] < 0.5:
         out = out[:, :, ::-1]
     return out
 
@@ -75,19 +75,19 @@ _AUGMENT_WIDTH = np.array(
 )
 
 
-def draw_strong_augment(rng: np.random.Generator, hue: bool = False) -> np.ndarray:
-    """Draw one clip's strong augmentation from ``rng``: a (``STRONG_AUGMENT_PARAMS``,) float32
-    vector for :func:`strong_augment_clips` (one call on ``rng``: the clip is a function of it).
+def draw_strong_augment(u: np.ndarray, hue: bool = False) -> np.ndarray:
+    """Strong augmentation from uniforms ``u`` (..., ``STRONG_AUGMENT_PARAMS``) — one clip's or a
+    batch's — as float32 vectors of the same shape for :func:`strong_augment_clips`.
 
     Rotation ±20°, scale 0.8–1.2, shear ±10°, translation ±10%, brightness/contrast ±30%,
     saturation 0.6–1.4, random grey (p = 0.1). ``hue``: also turn every hue by a random angle
     (the whole circle), so that colour — of the object, the background, the light — is a nuisance
     the encoder learns to ignore.
     """
-    values = _AUGMENT_LOW + _AUGMENT_WIDTH * rng.random(STRONG_AUGMENT_PARAMS)
-    values[8] = values[8] < 0.1
+    values = _AUGMENT_LOW + _AUGMENT_WIDTH * np.asarray(u, dtype=np.float64)
+    values[..., 8] = values[..., 8] < 0.1
     if not hue:
-        values[9] = 0.0
+        values[..., 9] = 0.0
     return values.astype(np.float32)
 
 
@@ -160,8 +160,8 @@ def strong_augment(video: Tensor, rng: np.random.Generator, hue: bool = False) -
     (T, 3, H, W) float clip in [0, 1]; returns the same layout, quantised to 1/255 steps as
     training clips are."""
     clip = video.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).transpose(0, 1)[None]
-    params = torch.from_numpy(draw_strong_augment(rng, hue))[None]
-    out = strong_augment_clips(clip, params, hue)
+    params = draw_strong_augment(rng.random(STRONG_AUGMENT_PARAMS), hue)
+    out = strong_augment_clips(clip, torch.from_numpy(params)[None], hue)
     return out[0].transpose(0, 1).float().div_(255.0)
 
 
@@ -171,20 +171,21 @@ of the time span (widths 0: nothing masked)."""
 
 
 def draw_spec_augment(
-    rng: np.random.Generator,
+    u: np.ndarray,
     n_mels: int,
     n_frames: int,
     max_freq: float = 0.15,
     max_time: float = 0.15,
 ) -> np.ndarray:
-    """Draw one clip's SpecAugment masks from ``rng``: one band of up to ``max_freq`` of the mel
-    bands and one span of up to ``max_time`` of the frames, as a (4,) int64 vector
-    ``(band start, band width, span start, span width)`` for :func:`spec_augment_batch`."""
-    u = rng.random(4)
-    band = int(u[0] * (int(max_freq * n_mels) + 1))
-    span = int(u[2] * (int(max_time * n_frames) + 1))
-    starts = (int(u[1] * (n_mels - band + 1)), int(u[3] * (n_frames - span + 1)))
-    return np.array([starts[0], band, starts[1], span], dtype=np.int64)
+    """SpecAugment masks from uniforms ``u`` (..., 4) — one clip's or a batch's: one band of up to
+    ``max_freq`` of the mel bands and one span of up to ``max_time`` of the frames, as int64
+    vectors ``(band start, band width, span start, span width)`` for :func:`spec_augment_batch`."""
+    u = np.asarray(u, dtype=np.float64)
+    band = (u[..., 0] * (int(max_freq * n_mels) + 1)).astype(np.int64)
+    span = (u[..., 2] * (int(max_time * n_frames) + 1)).astype(np.int64)
+    band_start = (u[..., 1] * (n_mels - band + 1)).astype(np.int64)
+    span_start = (u[..., 3] * (n_frames - span + 1)).astype(np.int64)
+    return np.stack([band_start, band, span_start, span], axis=-1)
 
 
 def spec_augment_batch(logmel: Tensor, params: Tensor) -> Tensor:
@@ -206,5 +207,6 @@ def spec_augment(
 ) -> Tensor:
     """One frequency band and one time span of a (1, n_mels, n_frames) log-mel set to its mean
     (:func:`draw_spec_augment` then :func:`spec_augment_batch` on a batch of one)."""
-    params = draw_spec_augment(rng, logmel.shape[-2], logmel.shape[-1], max_freq, max_time)
+    u = rng.random(SPEC_AUGMENT_PARAMS)
+    params = draw_spec_augment(u, logmel.shape[-2], logmel.shape[-1], max_freq, max_time)
     return spec_augment_batch(logmel[None], torch.from_numpy(params)[None])[0]

@@ -193,9 +193,9 @@ class ThreeCropClips(ClipDataset):
     ``long_side_windows`` window, so the clip pipeline (decoding, cache, resizing, whatever
     follows the crop) is the dataset's."""
 
-    def video_views(self, frames: np.ndarray, rng: np.random.Generator | None) -> dict[str, Any]:
+    def video_views(self, frames: np.ndarray, u: np.ndarray | None) -> dict[str, Any]:
         crop = super().video_views
-        views = [crop(w, rng) for w in long_side_windows(frames, self.config.crop_size)]
+        views = [crop(w, u) for w in long_side_windows(frames, self.config.crop_size)]
         return {k: torch.stack([v[k] for v in views]) for k in views[0]}
 
 
