@@ -273,7 +273,7 @@ class ClipDataset(Dataset[dict[str, Any]]):
         itself, assembled in place — each clip's crop written once, straight into the batch's
         buffer, no per-clip dicts, the batch's uniforms and parameters computed at once — equal to
         ``collate_clips([self[k] for k in keys])``: the same uniforms at the same slots, the same
-        helpers. A batch of 32 ``tiny`` clips then takes ~1.5 ms instead of 4.8 (cut and collated
+        helpers. A batch of 32 ``tiny`` clips then takes ~1.8 ms instead of 4.8 (cut and collated
         clip by clip with a numpy Generator each; ``benchmarks/train.py``)."""
         if not self._assembles(keys):
             return [self[k] for k in keys]
