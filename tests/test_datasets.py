@@ -329,6 +329,26 @@ def test_batch_transform_makes_the_clips_the_dataset_makes_one_by_one(
         assert not torch.equal(plain[keys[0]]["video"], batched["video"][0])
 
 
+@pytest.mark.parametrize("batch_transforms", [False, True])
+def test_a_clip_that_fails_has_the_frames_of_one_that_loads(
+    demo_manifest: Path, tmp_path: Path, batch_transforms: bool
+) -> None:
+    """With ``data.train_frames``, the blank views of a file that fails are as long as a loaded
+    clip's, so the two stack into one batch (as ``cluster.views`` > 1 needs: no replacement)."""
+    manifest_path, broken = _broken_copy(demo_manifest, tmp_path)
+    config = tiny_config("xdc", data__train_frames=3).data
+    ds = ClipDataset(
+        read_manifest(manifest_path), config, train=True, replace_failed=False,
+        batch_transforms=batch_transforms,
+    )  # fmt: skip
+    good, bad = ds[ClipKey(0, seed=1, clip=-1)], ds[ClipKey(broken, seed=1, clip=-1)]
+    assert good["valid"] and not bad["valid"]
+    batch = collate_clips([good, bad])
+    if batch_transforms:
+        batch = BatchTransform(config)(batch)
+    assert batch["video"].shape[2] == 3 and not batch["video"][1].any()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batch_transform_on_the_gpu_matches_the_cpu(demo_manifest: Path) -> None:
     config = tiny_config("xdc", data__augment="strong_hue", data__spec_augment=True).data

@@ -439,8 +439,10 @@ class ClipDataset(Dataset[dict[str, Any]]):
             "failures": failures,
         }
         if self.need_video:
-            size = cfg.crop_size
-            blank = np.zeros((cfg.num_frames, size, size, 3), dtype=np.uint8)
+            size, frames = cfg.crop_size, cfg.num_frames
+            if self.train and 0 < cfg.train_frames < frames:  # as long as a loaded clip (_crop)
+                frames = cfg.train_frames
+            blank = np.zeros((frames, size, size, 3), dtype=np.uint8)
             sample.update(self.video_views(blank, None))
             if self.augment_video:
                 sample["video_params"] = IDENTITY_AUGMENT.copy()
