@@ -349,6 +349,24 @@ def test_a_clip_that_fails_has_the_frames_of_one_that_loads(
     assert batch["video"].shape[2] == 3 and not batch["video"][1].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_batch_transform_ignores_the_callers_autocast(
+    demo_manifest: Path, dtype: torch.dtype
+) -> None:
+    """Feature extraction iterates its loader inside the model's autocast region: the batch's
+    warp, colour and log-mel still run in float32, so the clustered clips are the trained ones."""
+    config = tiny_config("xdc", data__augment="strong_hue", data__spec_augment=True).data
+    ds = ClipDataset(read_manifest(demo_manifest), config, train=True, batch_transforms=True)
+    raw = collate_clips([ds[k] for k in epoch_keys(ds.rows, 8, seeds.rng(0, "sample", 0, 0))])
+    transform = BatchTransform(config)
+    plain = transform(raw)
+    with torch.autocast("cpu", dtype=dtype):
+        under_autocast = transform(raw)
+    assert under_autocast["audio"].dtype == torch.float32
+    assert torch.equal(under_autocast["video"], plain["video"])
+    assert torch.equal(under_autocast["audio"], plain["audio"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_batch_transform_on_the_gpu_matches_the_cpu(demo_manifest: Path) -> None:
     config = tiny_config("xdc", data__augment="strong_hue", data__spec_augment=True).data

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from xdc.data import transforms
 from xdc.data.transforms import (
     IDENTITY_AUGMENT,
     STRONG_AUGMENT_PARAMS,
@@ -67,6 +68,19 @@ def test_the_identity_changes_nothing_and_a_clip_does_not_depend_on_its_batch() 
         assert torch.equal(
             batch[i : i + 1], strong_augment_clips(clips[i : i + 1], params[i : i + 1], True)
         )
+
+
+def test_colour_constants_are_made_once_per_device_and_dtype() -> None:
+    """A batch's colour maps reuse their constants: on a GPU, a fresh copy from host memory
+    would wait for the queued steps, once per batch."""
+    gen = torch.Generator().manual_seed(2)
+    clips = torch.randint(0, 256, (2, 3, 2, 8, 8), dtype=torch.uint8, generator=gen)
+    params = torch.from_numpy(draw_strong_augment(np.random.default_rng(2).random((2, 10)), True))
+    strong_augment_clips(clips, params, hue=True)
+    made = transforms._colour_constants.cache_info().misses
+    for _ in range(3):
+        strong_augment_clips(clips, params, hue=True)
+    assert transforms._colour_constants.cache_info().misses == made
 
 
 def test_draws_stay_in_their_ranges() -> None:

@@ -480,6 +480,13 @@ class BatchTransform:
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        # In float32 whatever the caller's autocast: feature extraction runs its loader inside
+        # the model's bf16/fp16 region, and clips must be those training sees (a bf16 warp grid
+        # moves pixels; an fp16 mel matmul rounds quiet audio away before the log).
+        with torch.autocast(self.device.type, enabled=False):
+            return self._transform(batch)
+
+    def _transform(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in batch.items() if k not in RAW_KEYS}
         dev = self.device
         if "video_raw" in batch:

@@ -11,6 +11,7 @@ one clip's (a row) or a batch's (rows) at once, with the same numbers either way
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -53,6 +54,15 @@ _YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _LUMA = (0.299, 0.587, 0.114)
 
 
+@functools.lru_cache(maxsize=16)
+def _colour_constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """RGB→YIQ, YIQ→RGB and the (1, 1, 3) luma weights on ``device``, made once per device and
+    dtype: a copy from pageable host memory to a GPU waits for all its queued work, once per
+    batch otherwise."""
+    luma = torch.tensor(_LUMA, dtype=dtype).view(1, 1, 3)
+    return tuple(t.to(device, dtype) for t in (_RGB_TO_YIQ, _YIQ_TO_RGB, luma))  # type: ignore[return-value]
+
+
 def hue_rotation(angle: float) -> Tensor:
     """(3, 3) float64 matrix that turns the hue of RGB colours by ``angle`` radians, keeping their
     luma (a rotation of the chroma plane of YIQ)."""
@@ -93,8 +103,7 @@ def draw_strong_augment(u: np.ndarray, hue: bool = False) -> np.ndarray:
 
 def _hue_rotations(angles: Tensor) -> Tensor:
     """(B,) angles → (B, 3, 3) hue turns (:func:`hue_rotation` for a batch)."""
-    yiq = _RGB_TO_YIQ.to(angles.device, angles.dtype)
-    rgb = _YIQ_TO_RGB.to(angles.device, angles.dtype)
+    yiq, rgb, _ = _colour_constants(angles.device, angles.dtype)
     turn = torch.zeros(len(angles), 3, 3, dtype=angles.dtype, device=angles.device)
     cos, sin = angles.cos(), angles.sin()
     turn[:, 0, 0] = 1.0
@@ -142,7 +151,7 @@ def strong_augment_clips(clips: Tensor, params: Tensor, hue: bool = False) -> Te
     # Saturation s: grey + (v - grey)·s = (s·I + (1 - s)·1·lumaᵀ) v; grey is s = 0, exactly.
     keep = saturation * (1.0 - to_grey)
     eye = torch.eye(3, dtype=video.dtype, device=video.device)
-    luma = torch.tensor(_LUMA, dtype=video.dtype, device=video.device).view(1, 1, 3)
+    luma = _colour_constants(video.device, video.dtype)[2]
     colour = keep * eye + (1.0 - keep) * luma
     if hue:
         colour = torch.bmm(_hue_rotations(params[:, 9]), colour)
