@@ -87,6 +87,7 @@ def worker(rank: int, port: int, out_dir: str) -> None:
             "gathered_rows": xdist.all_gather_varlen(rows),
             "gathered_empty": xdist.all_gather_varlen(empty_on_rank_1),
             "summed": xdist.all_reduce_sum(torch.tensor([rank + 1.0])),
+            "any_rank": (xdist.any_rank(rank == 2), xdist.any_rank(False)),  # a NaN on one rank
             "strings": xdist.all_gather_strings(names),
             "backend": dist.get_backend(),
             "replicas": _replica_checks(rank),
@@ -158,6 +159,7 @@ def test_helpers_gather_in_rank_order_and_reduce(rank_results: list[dict]) -> No
         assert torch.equal(result["gathered_rows"], expected_rows)
         assert torch.equal(result["gathered_empty"], torch.ones(5, 3))
         assert torch.equal(result["summed"], torch.tensor([6.0]))
+        assert result["any_rank"] == (True, False)  # every rank stops when one must
         assert result["strings"] == ["rank 1 file 0 é", "rank 2 file 0 é", "rank 2 file 1 é"]
         assert result["backend"] == xdist.process_group_backend(cuda=False) == "gloo"
         assert "1 of 2 parameter tensors differ" in result["replicas"]
@@ -184,6 +186,7 @@ def test_helpers_are_identities_in_one_process(monkeypatch: pytest.MonkeyPatch) 
     assert (xdist.rank(), xdist.world_size(), xdist.is_main()) == (0, 1, True)
     t = torch.arange(4.0)
     assert xdist.all_reduce_sum(t) is t and xdist.all_gather_varlen(t) is t
+    assert xdist.any_rank(True) and not xdist.any_rank(False)
     xdist.barrier()
     xdist.cleanup()
 

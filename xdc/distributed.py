@@ -101,6 +101,14 @@ def all_reduce_sum(t: Tensor) -> Tensor:
     return t
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (a CPU tensor, so gloo in any group): for
+    decisions that every rank must take together, such as stopping."""
+    if not is_distributed():
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
+
+
 def broadcast_tensor(t: Tensor, src: int = 0) -> Tensor:
     """Overwrite ``t`` on every rank with rank ``src``'s ``t``, in place; returns ``t``."""
     if is_distributed():

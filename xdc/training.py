@@ -352,9 +352,12 @@ def train_one_epoch(
         window.add(loss, acc, n)
         if (i + 1) % run.config.train.log_every == 0 or i + 1 == len(loader):
             w_loss, w_acc, rate = window.flush()
-            if not math.isfinite(w_loss):
+            # Every rank stops together: one that raised alone would leave the others waiting
+            # in DDP's next all-reduce until the process group times out.
+            if dist.any_rank(not math.isfinite(w_loss)):
+                where = w_loss if not math.isfinite(w_loss) else "non-finite in another process"
                 raise TrainingDiverged(
-                    f"loss became {w_loss} at iteration {state.iteration + 1}, epoch "
+                    f"loss became {where} at iteration {state.iteration + 1}, epoch "
                     f"{state.epoch + 1}, step {state.step}; the last good checkpoint "
                     f"{run.out / CHECKPOINT_NAME} is kept. Lower train.lr or set "
                     "train.grad_clip, then re-run the same command to resume"
