@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -67,13 +68,15 @@ from xdc.methods import get_method  # noqa: E402
 QUICK = {"batch_size": 4, "steps": 2, "warmup": 1, "workers": 1, "loader_clips": 12}
 
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    # Dense bf16/fp16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets; the first name the
-    # device name contains wins (so "H100 PCIe" before "H100", "A100" before "A10").
+    # Dense bf16/fp16 tensor-core peak, TFLOP/s, from NVIDIA's data sheets; the first name found
+    # in the device name as a whole word wins (so "H100 PCIe" before "H100"; "A10" is not "A10G"
+    # nor "A100", "L4" not "L40"). An unlisted GPU: pass --peak-tflops.
     ("H200", 989.0),
     ("H100 PCIe", 756.0),
     ("H100", 989.0),
     ("A100", 312.0),
     ("L40S", 362.0),
+    ("L40", 181.0),
     ("L4", 121.0),
     ("A10", 125.0),
     ("V100", 125.0),
@@ -87,8 +90,15 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
         return override
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_TFLOPS if key in name), None)
+    return peak_for_name(torch.cuda.get_device_name(device))
+
+
+def peak_for_name(name: str) -> float | None:
+    """The listed peak of a device name such as ``NVIDIA A100-SXM4-80GB``; None if unlisted."""
+    for key, peak in PEAK_TFLOPS:
+        if re.search(rf"(?<![A-Za-z0-9]){re.escape(key)}(?![A-Za-z0-9])", name):
+            return peak
+    return None
 
 
 def device_batch(config: PretrainConfig, batch_size: int, device: torch.device) -> dict:
@@ -123,29 +133,33 @@ def time_training(config: PretrainConfig, device: torch.device, args: argparse.N
     scaler = optim.grad_scaler(dtype)
     transform = BatchTransform(config.data, device)
     raw = device_batch(config, args.batch_size, device)
-    k = config.cluster.k
-    targets = torch.randint(0, k, (args.batch_size,), device=device)
+    targets: dict[str, torch.Tensor] = {}  # each head's, drawn from its own K at its first step
     train_model = torch.compile(model) if args.compile else model
 
-    def step() -> None:
+    def step(net: torch.nn.Module) -> None:
         batch = transform(raw)
         with optim.autocast(device, dtype):
-            logits = train_model({m: batch[m] for m in ("video", "audio")})
-            loss = sum(F.cross_entropy(v.float(), targets) for v in logits.values())
+            logits = net({m: batch[m] for m in ("video", "audio")})
+            for name, v in logits.items():
+                if name not in targets:
+                    targets[name] = torch.randint(0, v.shape[1], (len(v),), device=device)
+            loss = sum(F.cross_entropy(v.float(), targets[n]) for n, v in logits.items())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # type: ignore[arg-type]
         scaler.step(optimizer)
         scaler.update()
 
     model.train()
-    for _ in range(args.warmup):
-        step()
+    # FLOPs are counted on the eager model: a compiled one under FlopCounterMode may count
+    # nothing or fall back to eager for the timed steps.
     with FlopCounterMode(display=False) as counter:
-        step()
+        step(model)
+    for _ in range(args.warmup):
+        step(train_model)
     _sync(device)
     start = time.perf_counter()
     for _ in range(args.steps):
-        step()
+        step(train_model)
     _sync(device)
     seconds = time.perf_counter() - start
     return {

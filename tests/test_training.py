@@ -4,6 +4,7 @@ input before doing any work."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -375,7 +376,8 @@ def test_gpu_benchmark_runs_on_a_cpu(demo_manifest: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
     args = ["--batch-size", "4", "--steps", "2", "--warmup", "1", "--workers", "1"]
     args += ["--loader-clips", "12", "--data", str(demo_manifest)]
-    args += ["--set", "model.video_width=4", "model.audio_width=4"]
+    # heads of different K (k_audio): each head's targets are drawn from its own K
+    args += ["--set", "model.video_width=4", "model.audio_width=4", "cluster.k_audio=5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600
@@ -388,6 +390,28 @@ def test_gpu_benchmark_runs_on_a_cpu(demo_manifest: Path) -> None:
     )
     assert float(values["GFLOPs per clip (fwd+bwd)"]) > 0
     assert values["MFU"].startswith("n/a"), "no peak is known for a CPU"
+
+
+def test_gpu_benchmark_knows_a_peak_by_whole_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MFU's peak: "L4" is not read in "L40", "A10" not in "A10G" or "A100"."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    monkeypatch.syspath_prepend(str(script.parent))  # as when run: its folder is on the path
+    spec = importlib.util.spec_from_file_location("xdc_gpu_benchmark", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    peaks = {
+        "NVIDIA A100-SXM4-80GB": 312.0,
+        "NVIDIA H100 PCIe": 756.0,
+        "NVIDIA H100 80GB HBM3": 989.0,
+        "NVIDIA L40": 181.0,
+        "NVIDIA L40S": 362.0,
+        "NVIDIA L4": 121.0,
+        "NVIDIA A10": 125.0,
+        "NVIDIA A10G": None,
+        "Tesla T4": 65.0,
+    }
+    assert {name: module.peak_for_name(name) for name in peaks} == peaks
 
 
 def test_features_clustered_from_disk_give_the_memory_run_labels(
