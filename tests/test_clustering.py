@@ -351,3 +351,27 @@ def test_streamed_pca_of_a_memmap_matches_the_in_memory_pca(
     assert rows.shape == (40000, 8)
     out = torch.cat([block for _, _, block in rows.chunks()])
     torch.testing.assert_close(out, in_ram.transform(features), atol=1e-5, rtol=0)
+
+
+def test_streamed_assignment_sizes_chunks_by_the_stored_width(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows narrowed by PCA on the way in are read at their stored width: a chunk holds as many
+    rows as that width allows (not 64 times more for 512 → 8), and the labels are those of
+    clustering the transformed rows in RAM."""
+    monkeypatch.setattr(clustering, "STREAM_ROWS", 1024)
+    features = correlated_features(5000, 512, seed=5)
+    stored = write_memmap(tmp_path / "x.f32", features.numpy())
+    pca = FeaturePreprocessor(pca_dim=8).fit(features)
+    seen: list[int] = []
+
+    def transform(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return pca.transform(x)
+
+    rows = FeatureRows(stored).map(transform)
+    assert rows.widest == 512 and rows.shape == (5000, 8)
+    streamed = kmeans(rows, k=4, seed=1, points_per_centroid=100)
+    assert 0 < max(seen) <= 1024  # 1,024 rows of 512 at a time; 65,536 rows of 8 before
+    in_ram = kmeans(pca.transform(features), k=4, seed=1, points_per_centroid=100)
+    assert torch.equal(streamed.assignments, in_ram.assignments)

@@ -198,7 +198,7 @@ def _assign_streamed(
     scores_of = _score_function(centroids)
     assignments = torch.empty(rows.shape[0], dtype=torch.int64, device=rows.device)
     totals = torch.zeros(2, dtype=torch.float64, device=rows.device)  # sum ||x||^2, sum of scores
-    for start, stop, block in rows.chunks(_stream_rows(rows.device, rows.shape[1])):
+    for start, stop, block in rows.chunks(_stream_rows(rows.device, rows.widest)):
         with _row_workers(block) as map_rows:
             totals[0] += _local_squared_norms(block, chunk, map_rows)[0]
             parts = map_rows(_assigner(block, scores_of, chunk, assignments[start:stop], k))
@@ -316,7 +316,8 @@ def _default_chunk_size(device: torch.device, k: int) -> int:
 
 
 def _stream_rows(device: torch.device, dim: int) -> int:
-    """Rows per streamed chunk: ``STREAM_ROWS`` at D = 512 on CPU, proportionally more on a GPU."""
+    """Rows per streamed chunk whose rows are at most ``dim`` wide while read (the stored width
+    when PCA narrows them): ``STREAM_ROWS`` at D = 512 on CPU, proportionally more on a GPU."""
     rows = STREAM_ROWS * 512 // max(dim, 1)
     return max(CONV_BATCH, rows if device.type == "cpu" else 4 * rows)
 

@@ -74,6 +74,9 @@ class FeatureRows:
         if transform is not None:  # the output width, from a chunk of no rows
             out_dim = int(transform(torch.zeros(0, in_dim, device=self.device)).shape[1])
         self.shape = (lengths.pop(), out_dim)
+        # The widest a chunk's rows get while read (the stored width before a narrowing PCA):
+        # what a chunk's rows cost in memory.
+        self.widest = max(in_dim, out_dim)
 
     def map(self, transform: RowTransform) -> FeatureRows:
         """The same rows with ``transform`` applied to every chunk (after any earlier one)."""
