@@ -133,16 +133,16 @@ def time_training(config: PretrainConfig, device: torch.device, args: argparse.N
     scaler = optim.grad_scaler(dtype)
     transform = BatchTransform(config.data, device)
     raw = device_batch(config, args.batch_size, device)
-    targets: dict[str, torch.Tensor] = {}  # each head's, drawn from its own K at its first step
+    targets = {  # each head's from its own K (cluster.k_video / k_audio may differ)
+        name: torch.randint(0, head.num_classes, (args.batch_size,), device=device)
+        for name, head in model.heads.items()
+    }
     train_model = torch.compile(model) if args.compile else model
 
     def step(net: torch.nn.Module) -> None:
         batch = transform(raw)
         with optim.autocast(device, dtype):
             logits = net({m: batch[m] for m in ("video", "audio")})
-            for name, v in logits.items():
-                if name not in targets:
-                    targets[name] = torch.randint(0, v.shape[1], (len(v),), device=device)
             loss = sum(F.cross_entropy(v.float(), targets[n]) for n, v in logits.items())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()  # type: ignore[arg-type]

@@ -354,8 +354,9 @@ def train_one_epoch(
             w_loss, w_acc, rate = window.flush()
             # Every rank stops together: one that raised alone would leave the others waiting
             # in DDP's next all-reduce until the process group times out.
-            if dist.any_rank(not math.isfinite(w_loss)):
-                where = w_loss if not math.isfinite(w_loss) else "non-finite in another process"
+            finite = math.isfinite(w_loss)
+            if dist.any_rank(not finite):
+                where = "non-finite in another process" if finite else w_loss
                 raise TrainingDiverged(
                     f"loss became {where} at iteration {state.iteration + 1}, epoch "
                     f"{state.epoch + 1}, step {state.step}; the last good checkpoint "
