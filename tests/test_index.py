@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import struct
+from collections import Counter
 from fractions import Fraction
 from pathlib import Path
 
@@ -354,6 +355,123 @@ def test_index_csv_keeps_extra_columns_and_rejects_missing_files(
     rejected = _read_rejected(tmp_path / "out" / "rejected.csv")
     assert rejected == {"../data/gone.mp4": "missing", "": "missing"}
     assert result.rejected_by_reason == {"missing": 2}
+
+
+def _labelled_folder(media: dict[str, Path], root: Path, counts: dict[str, int]) -> Path:
+    """``root/<label>/NN.mkv``: ``counts[label]`` real videos per label."""
+    for label, n in counts.items():
+        for i in range(n):
+            _copy(media["mkv"], root / label / f"{i:02d}.mkv")
+    return root
+
+
+def _splits(manifest_path: Path) -> dict[str, tuple[str, str]]:
+    return {r["path"]: (r["label"], r["split"]) for r in read_manifest(manifest_path).rows}
+
+
+def test_rows_without_a_split_are_split_per_label_whatever_their_order(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    """--test-fraction/--val-fraction: each label gives round(n × fraction) videos (at least one)
+    to test and to val, chosen by a hash of the path, so a list of the same files in another
+    order gets the same splits; a video without a label can only be trained on."""
+    videos = _labelled_folder(media, tmp_path / "videos", {"cat": 10, "dog": 5})
+    _copy(media["mkv"], videos / "unlabelled.mkv")
+    output = tmp_path / "manifest.csv"
+
+    result = index_source(
+        videos, output, workers=1, progress=False, test_fraction=0.2, val_fraction=0.2
+    )
+
+    rows = _splits(output)
+    per_label = Counter(rows.values())
+    assert per_label == {
+        ("cat", "test"): 2, ("cat", "val"): 2, ("cat", "train"): 6,
+        ("dog", "test"): 1, ("dog", "val"): 1, ("dog", "train"): 3,
+        ("", "train"): 1,
+    }  # fmt: skip
+    assert result.splits == {"train": 10, "val": 3, "test": 3}
+    assert "splits: train 10, val 3, test 3" in result.summary()
+    assert "per label (--test-fraction 0.2, --val-fraction 0.2, --split-seed 0)" in result.summary()
+
+    listing = tmp_path / "list.csv"  # the same files, listed in reverse order
+    listing.write_text(
+        "path,label\n" + "".join(f"{p},{label}\n" for p, (label, _) in reversed(rows.items()))
+    )
+    index_source(
+        listing, tmp_path / "again.csv", workers=1, progress=False, test_fraction=0.2,
+        val_fraction=0.2,
+    )  # fmt: skip
+    assert _splits(tmp_path / "again.csv") == rows
+
+    index_source(
+        videos, tmp_path / "seed1.csv", workers=1, progress=False, test_fraction=0.2,
+        val_fraction=0.2, split_seed=1,
+    )  # fmt: skip
+    other = _splits(tmp_path / "seed1.csv")
+    assert Counter(other.values()) == per_label and other != rows
+
+
+def test_split_folders_give_each_file_its_split(media: dict[str, Path], tmp_path: Path) -> None:
+    """ROOT/train/<class>/…, ROOT/Validation/…, ROOT/test/…: the top-level folder is the split,
+    the parent folder the label; held-out fractions only fill rows the folders left empty."""
+    videos = tmp_path / "videos"
+    _copy(media["mkv"], videos / "train" / "cat" / "a.mkv")
+    _copy(media["mkv"], videos / "train" / "dog" / "b.mkv")
+    _copy(media["mkv"], videos / "Validation" / "dog" / "c.mkv")
+    _copy(media["mkv"], videos / "test" / "cat" / "d.mkv")
+    _copy(media["mkv"], videos / "train" / "e.mkv")  # directly in a split folder: no label
+    output = tmp_path / "manifest.csv"
+
+    result = index_source(videos, output, workers=1, progress=False, test_fraction=0.5)
+
+    assert _splits(output) == {
+        "videos/train/cat/a.mkv": ("cat", "train"),
+        "videos/train/dog/b.mkv": ("dog", "train"),
+        "videos/Validation/dog/c.mkv": ("dog", "val"),
+        "videos/test/cat/d.mkv": ("cat", "test"),
+        "videos/train/e.mkv": ("", "train"),
+    }
+    assert result.splits == {"train": 3, "val": 1, "test": 1}
+    assert "split per label" not in result.summary()
+
+    # A class that happens to be called "train", next to one that is not a split name: classes.
+    mixed = tmp_path / "mixed"
+    _copy(media["mkv"], mixed / "train" / "a.mkv")
+    _copy(media["mkv"], mixed / "cat" / "b.mkv")
+    index_source(mixed, tmp_path / "mixed.csv", workers=1, progress=False)
+    assert _splits(tmp_path / "mixed.csv") == {
+        "mixed/train/a.mkv": ("train", "train"),
+        "mixed/cat/b.mkv": ("cat", "train"),
+    }
+
+
+def test_without_any_split_every_row_is_train_and_the_probe_says_how_to_hold_out(
+    media: dict[str, Path], tmp_path: Path
+) -> None:
+    """A folder of labelled videos and no split: `xdc pretrain` (split train) finds every video,
+    and a probe asking for test rows says how to draw them."""
+    videos = _labelled_folder(media, tmp_path / "videos", {"cat": 2, "dog": 2})
+    output = tmp_path / "manifest.csv"
+
+    result = index_source(videos, output, workers=1, progress=False)
+
+    manifest = read_manifest(output)
+    assert len(manifest.select("train")) == len(manifest) == 4
+    assert "no split given: every row is 'train'" in result.summary()
+    assert "--test-fraction 0.2" in result.summary()
+    with pytest.raises(DataError, match="split 'test' has no rows .*xdc index --test-fraction 0.2"):
+        manifest.select("test")
+
+
+def test_held_out_fractions_that_leave_nothing_to_train_on_are_refused(tmp_path: Path) -> None:
+    """Checked before any file is probed, naming the flag."""
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(DataError, match="--test-fraction must be in \\[0, 1\\) \\(got 1.2\\)"):
+        index_source(tmp_path / "videos", tmp_path / "m.csv", test_fraction=1.2)
+    with pytest.raises(DataError, match="--test-fraction \\+ --val-fraction must leave videos"):
+        index_source(tmp_path / "videos", tmp_path / "m.csv", test_fraction=0.6, val_fraction=0.4)
+    assert not (tmp_path / "m.csv").exists()
 
 
 def test_rerun_reuses_the_cache_and_reprobes_only_changed_files(

@@ -47,6 +47,9 @@ def cmd_index(
     list_format: str | None = None,
     videos: str | None = None,
     class_labels: str | None = None,
+    test_fraction: float = 0.0,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
 ) -> int:
     """Probe every video of SOURCE (folders or lists) into a manifest (and rejected.csv)."""
     from xdc.data.index import index_source
@@ -54,6 +57,7 @@ def cmd_index(
     result = index_source(
         source, output, splits_dir=splits_dir, split_number=split_number, workers=workers,
         list_format=list_format, videos=videos, class_labels=class_labels,
+        test_fraction=test_fraction, val_fraction=val_fraction, split_seed=split_seed,
     )  # fmt: skip
     inform(result.summary())
     return 0
@@ -267,6 +271,26 @@ def _add_index(sub: Subcommands) -> None:
     p.add_argument(
         "--split-number", type=int, default=1, help="official split that fills 'split' (1-3)"
     )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.0,
+        help="share of each label's videos put in test, for rows that no split file, split folder "
+        "(ROOT/train/, ROOT/test/) or split column places (default 0; with no split anywhere "
+        "every row is train)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of each label's videos put in val, the same way (default 0)",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="seed of that draw (default 0; the same files get the same splits in any order)",
+    )
     p.add_argument("--workers", type=int, default=None, help="probe processes (default: all cores)")
     p.add_argument(
         "--format",
@@ -297,6 +321,9 @@ def _add_index(sub: Subcommands) -> None:
             a.list_format,
             a.videos,
             a.class_labels,
+            a.test_fraction,
+            a.val_fraction,
+            a.split_seed,
         )  # fmt: skip
     )
 

@@ -79,6 +79,7 @@ from xdc.data.demo_render import (
     render_plan,
 )
 from xdc.data.manifest import write_manifest
+from xdc.data.splits import held_out_counts
 from xdc.errors import ConfigError
 from xdc.progress import track
 
@@ -298,15 +299,7 @@ def split_of(
     same shuffled order as data sets made before the val split existed.
     """
     order = np.random.default_rng([seed, class_id, 2**32 - 1]).permutation(per_class)
-    counts = []
-    for fraction in (test_fraction, val_fraction):
-        count = round(per_class * fraction)
-        if fraction > 0:
-            count = max(count, 1)
-        counts.append(count)
-    spare = per_class - 1
-    test = min(counts[0], spare)
-    val = min(counts[1], spare - test)
+    test, val = held_out_counts(per_class, test_fraction, val_fraction)
     splits = {int(i): "train" for i in order}
     splits.update({int(i): "test" for i in order[:test]})
     splits.update({int(i): "val" for i in order[test : test + val]})

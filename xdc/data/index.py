@@ -29,7 +29,10 @@ picks up ``AUDIO_EXTENSIONS`` too). Pretraining and video features leave audio-o
 Re-runs re-use probes (kept and rejected) from ``<manifest>.probe-cache.json`` for files whose
 size and mtime_ns did not change; "missing", "unreadable" and "probe failed" are checked again
 every run (a chmod does not change mtime). ``--splits-dir`` fills ``split`` (and ``split_1``… for
-every official split present) from UCF101 or HMDB51 split files (``xdc.data.splits``).
+every official split present) from UCF101 or HMDB51 split files (``xdc.data.splits``); a folder
+whose top-level folders are ``train``/``val``/``test`` gives each file its folder's split; rows
+still without one are split per label by ``--test-fraction``/``--val-fraction``, or, when no row
+has a split and no fraction is asked for, are all ``train``.
 """
 
 from __future__ import annotations
@@ -70,7 +73,14 @@ from xdc.data.probe import (
     ProbeResult,
     probe_file,
 )
-from xdc.data.splits import apply_official_splits, load_official_splits, read_official_splits
+from xdc.data.splits import (
+    SPLIT_FOLDERS,
+    apply_official_splits,
+    check_fractions,
+    hold_out,
+    load_official_splits,
+    read_official_splits,
+)
 from xdc.errors import DataError
 from xdc.progress import track
 
@@ -156,7 +166,21 @@ def _scan_folder(source: Path) -> list[SourceEntry]:
                 entries.append(
                     SourceEntry(os.path.join(folder, name), {"label": label, "split": ""})
                 )
+    _apply_split_folders(root, entries)
     return entries
+
+
+def _apply_split_folders(root: str, entries: list[SourceEntry]) -> None:
+    """``ROOT/train/<class>/…``, ``ROOT/test/…``: when every file lies in a top-level folder and
+    every such folder is a split name (``SPLIT_FOLDERS``), each file takes its folder's split; a
+    file directly in a split folder has no label (the split folder is not its class)."""
+    parts = [Path(os.path.relpath(e.path, root)).parts for e in entries]
+    if not parts or any(len(p) < 2 or p[0].lower() not in SPLIT_FOLDERS for p in parts):
+        return
+    for entry, part in zip(entries, parts, strict=True):
+        entry.columns["split"] = SPLIT_FOLDERS[part[0].lower()]
+        if len(part) == 2:
+            entry.columns["label"] = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,6 +315,7 @@ class IndexResult:
     probed: int = 0  # files probed in this run
     audio_only: int = 0  # kept files that have no video (has_video 0): audio protocols only
     notes: list[str] = field(default_factory=list)
+    splits: dict[str, int] = field(default_factory=dict)  # kept rows per split
 
     @property
     def rejected(self) -> int:
@@ -314,6 +339,11 @@ class IndexResult:
                 else "no video or audio files were found"
             )
             lines.append(f"nothing kept: the manifest has no rows; {why}")
+        if self.splits:
+            order = ["train", "val", "test"]
+            names = [n for n in order if n in self.splits]
+            names += sorted(n for n in self.splits if n not in order)
+            lines.append("splits: " + ", ".join(f"{n or '(none)'} {self.splits[n]}" for n in names))
         lines += self.notes
         lines.append(f"manifest: {self.manifest_path}")
         lines.append(f"rejected: {self.rejected_path}")
@@ -330,6 +360,9 @@ def index_source(
     list_format: str | None = None,
     videos: str | Path | None = None,
     class_labels: str | Path | None = None,
+    test_fraction: float = 0.0,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
 ) -> IndexResult:
     """Probe every video of ``source`` and write the manifest ``output`` and ``rejected.csv``.
 
@@ -345,11 +378,16 @@ def index_source(
         list_format: the lists' format (``--format``; None: detected from each file).
         videos: the folder holding a published list's files (``--videos``; default: the list's).
         class_labels: AudioSet's ``class_labels_indices.csv`` (default: next to the list).
+        test_fraction, val_fraction: the share of each label's videos that rows without a split
+            (no split file, folder or column gave one) put in test and val (``hold_out``); with
+            both 0 and no split anywhere, every row is ``train``.
+        split_seed: the seed of that draw.
     """
     sources = (
         [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(s) for s in source]
     )
     output = Path(output)
+    check_fractions(test_fraction, val_fraction)
     listed = read_sources(sources, list_format, videos, class_labels)
     entries, extra_columns = listed.entries, listed.extras
     official = None if splits_dir is None else load_official_splits(splits_dir, split_number)
@@ -373,6 +411,7 @@ def index_source(
         split_columns, note = apply_official_splits(kept, kept_paths, official, split_number, paths)
         extra_columns = [c for c in extra_columns if c not in split_columns] + split_columns
         notes.append(note)
+    notes += _fill_splits(kept, test_fraction, val_fraction, split_seed)
     write_manifest(kept, output, extra_columns)
     outside = [p for p in kept_paths if not _inside(p, output.parent)]
     if outside:
@@ -392,7 +431,34 @@ def index_source(
         reused_from_cache=reused,
         probed=len(results) - reused,
         notes=notes,
+        splits=dict(Counter(str(row.get("split", "")) for row in kept)),
     )
+
+
+def _fill_splits(
+    rows: list[dict[str, object]], test_fraction: float, val_fraction: float, seed: int
+) -> list[str]:
+    """Held-out fractions for the rows without a split, or ``train`` for all when no row has one
+    and no fraction is asked for; the notes that say what was done."""
+    empty = sum(1 for row in rows if not row.get("split"))
+    if not empty:
+        return []
+    if test_fraction or val_fraction:
+        filled = hold_out(rows, test_fraction, val_fraction, seed)
+        counts = ", ".join(f"{name} {filled[name]}" for name in ("train", "val", "test"))
+        return [
+            f"{empty} rows without a split were split per label (--test-fraction {test_fraction}, "
+            f"--val-fraction {val_fraction}, --split-seed {seed}): {counts}"
+        ]
+    if empty < len(rows):
+        return [f"{empty} rows have no split (the source gave the others one)"]
+    for row in rows:
+        row["split"] = "train"
+    return [
+        "no split given: every row is 'train' (what xdc pretrain trains on); to probe on your "
+        "labels, index again with --test-fraction 0.2 (and --val-fraction 0.1 to choose settings "
+        "on), or put the videos in train/ and test/ folders"
+    ]
 
 
 def _sort_rows(

@@ -196,7 +196,8 @@ class Manifest:
             found = ", ".join(repr(s) for s in self.splits()) or "none"
             raise DataError(
                 f"{where}: split {split!r} has no rows (splits present: {found}); "
-                "pass another --split or fill the manifest's 'split' column"
+                "pass another --split, or fill the manifest's 'split' column (xdc index "
+                "--test-fraction 0.2 --val-fraction 0.1 draws one per label)"
             )
         return self.subset(keep)
 

@@ -1,4 +1,18 @@
-"""Official UCF101 and HMDB51 splits: read their split files and fill a manifest's split columns.
+"""Splits of a manifest: official UCF101 and HMDB51 split files, split folders, or held-out
+fractions drawn per class.
+
+Three ways ``xdc index`` fills the ``split`` column, besides a list's own ``split`` column:
+
+- **Official split files** (``--splits-dir``), below.
+- **Split folders**: a source folder whose top-level folders are all split names
+  (``SPLIT_FOLDERS``: ``ROOT/train/<class>/…``, ``ROOT/val/…``, ``ROOT/test/…``) gives each file
+  its folder's split.
+- **Held-out fractions** (``--test-fraction``, ``--val-fraction``: ``hold_out``): the rows still
+  without a split are split per label, ``held_out_counts`` of each label to test and val, the rest
+  to train, in the order of a hash of (seed, path): the same files get the same splits whatever
+  order they are listed in, and indexing again keeps them.
+
+What is left without a split is ``train`` when no row has one (what ``xdc pretrain`` trains on).
 
 UCF101 (``ucfTrainTestlist``): ``classInd.txt`` (``<class index> <Class>``), ``trainlist0N.txt``
 (``Class/video.avi <class index>``) and ``testlist0N.txt`` (``Class/video.avi``); a video is keyed by
@@ -13,6 +27,7 @@ group on one side of every fold (``xdc.evaluation.linear_probe.GROUP_COLUMN``).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -22,8 +37,12 @@ from pathlib import Path
 from xdc.errors import DataError
 
 __all__ = [
+    "SPLIT_FOLDERS",
     "OfficialSplits",
     "apply_official_splits",
+    "check_fractions",
+    "held_out_counts",
+    "hold_out",
     "load_official_splits",
     "read_official_splits",
 ]
@@ -32,6 +51,72 @@ _UCF_LIST = re.compile(r"^(train|test)list0*(\d+)\.txt$", re.IGNORECASE)
 _HMDB_LIST = re.compile(r"^(.+)_test_split(\d+)\.txt$", re.IGNORECASE)
 _HMDB_CODES = {"1": "train", "2": "test", "0": "unused"}
 _UCF_GROUP = re.compile(r"_g(\d+)_c\d+\.[^.]+$", re.IGNORECASE)
+
+
+SPLIT_FOLDERS = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+"""Top-level folder names (any case) that name a split, and the split they name."""
+
+
+def held_out_counts(n: int, test_fraction: float, val_fraction: float) -> tuple[int, int]:
+    """(test, val) videos of a class of ``n``: round(n × fraction) each, at least one when its
+    fraction is above 0, and at least one video left for training (test is served first)."""
+    counts = []
+    for fraction in (test_fraction, val_fraction):
+        count = round(n * fraction)
+        if fraction > 0:
+            count = max(count, 1)
+        counts.append(count)
+    spare = max(n - 1, 0)
+    test = min(counts[0], spare)
+    return test, min(counts[1], spare - test)
+
+
+def check_fractions(test_fraction: float, val_fraction: float) -> None:
+    """Raise ``DataError`` naming the flag when the held-out fractions leave nothing to train on."""
+    for flag, value in (("--test-fraction", test_fraction), ("--val-fraction", val_fraction)):
+        if not 0 <= value < 1:
+            raise DataError(f"{flag} must be in [0, 1) (got {value}); e.g. {flag} 0.2")
+    if test_fraction + val_fraction >= 1:
+        raise DataError(
+            f"--test-fraction + --val-fraction must leave videos for training (got "
+            f"{test_fraction} + {val_fraction}); e.g. --test-fraction 0.2 --val-fraction 0.1"
+        )
+
+
+def hold_out(
+    rows: list[dict[str, object]], test_fraction: float, val_fraction: float, seed: int = 0
+) -> Counter[str]:
+    """Fill the empty ``split`` cells of ``rows`` (manifest rows: ``path``, ``label``) in place.
+
+    Per label, ``held_out_counts`` of its rows go to test, then val, the rest to train, in the
+    order of a hash of (``seed``, path); rows without a label go to train (a probe cannot use
+    them). Returns how many rows each split received.
+    """
+    check_fractions(test_fraction, val_fraction)
+    by_label: dict[str, list[dict[str, object]]] = {}
+    for row in rows:
+        if not row.get("split"):
+            by_label.setdefault(str(row.get("label", "")), []).append(row)
+    filled: Counter[str] = Counter()
+    for label, members in by_label.items():
+        members.sort(key=lambda row: _rank(seed, str(row["path"])))
+        test, val = held_out_counts(len(members), test_fraction, val_fraction) if label else (0, 0)
+        for i, row in enumerate(members):
+            row["split"] = "test" if i < test else "val" if i < test + val else "train"
+            filled[str(row["split"])] += 1
+    return filled
+
+
+def _rank(seed: int, path: str) -> bytes:
+    return hashlib.blake2b(f"{seed}\0{path}".encode(), digest_size=8).digest()
 
 
 def ucf101_group(path: str, label: str) -> str:

@@ -72,6 +72,11 @@ def split_rows(
         raise DataError(
             f"{manifest.source or manifest.root}: column {column!r} has no {split!r} rows ({flag}; "
             f"values present: {found}); pass another {flag} or fill the manifest's {column!r} column"
+            + (
+                " (xdc index --test-fraction 0.2 --val-fraction 0.1 draws train/val/test per label)"
+                if column == "split"
+                else ""
+            )
         )
     return rows
 
