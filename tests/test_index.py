@@ -434,6 +434,7 @@ def test_split_folders_give_each_file_its_split(media: dict[str, Path], tmp_path
     }
     assert result.splits == {"train": 3, "val": 1, "test": 1}
     assert "split per label" not in result.summary()
+    assert "the held-out fractions changed none" in result.summary()
 
     # A class that happens to be called "train", next to one that is not a split name: classes.
     mixed = tmp_path / "mixed"

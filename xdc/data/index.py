@@ -441,9 +441,12 @@ def _fill_splits(
     """Held-out fractions for the rows without a split, or ``train`` for all when no row has one
     and no fraction is asked for; the notes that say what was done."""
     empty = sum(1 for row in rows if not row.get("split"))
+    asked = bool(test_fraction or val_fraction)
     if not empty:
+        if asked and rows:
+            return ["every row has a split from the source: the held-out fractions changed none"]
         return []
-    if test_fraction or val_fraction:
+    if asked:
         filled = hold_out(rows, test_fraction, val_fraction, seed)
         counts = ", ".join(f"{name} {filled[name]}" for name in ("train", "val", "test"))
         return [
