@@ -79,7 +79,7 @@ from xdc.data.demo_render import (
     render_plan,
 )
 from xdc.data.manifest import write_manifest
-from xdc.data.splits import held_out_counts
+from xdc.data.splits import check_fractions, held_out_counts
 from xdc.errors import ConfigError
 from xdc.progress import track
 
@@ -367,6 +367,7 @@ def _check_arguments(
     family: str, val_fraction: float,
 ) -> None:  # fmt: skip
     _check_classes(classes, family)
+    check_fractions(test_fraction, val_fraction, ConfigError)
     checks = [
         (per_class >= 1, f"--per-class must be at least 1 (got {per_class})"),
         (seed >= 0, f"--seed must be a non-negative integer (got {seed})"),
@@ -378,13 +379,6 @@ def _check_arguments(
         (0 < fps <= 240, f"--fps must be in (0, 240] (got {fps})"),
         (sample_rate in AAC_RATES, f"--sample-rate must be one of {AAC_RATES} (got {sample_rate})"),
         (audio_channels in (1, 2), f"--audio-channels must be 1 or 2 (got {audio_channels})"),
-        (0 <= test_fraction < 1, f"--test-fraction must be in [0, 1) (got {test_fraction})"),
-        (0 <= val_fraction < 1, f"--val-fraction must be in [0, 1) (got {val_fraction})"),
-        (
-            test_fraction + val_fraction < 1,
-            f"--test-fraction + --val-fraction must leave videos for training (got "
-            f"{test_fraction} + {val_fraction})",
-        ),
         (workers is None or workers >= 1, f"--workers must be at least 1 (got {workers})"),
         (round(duration_sec * fps) >= 1, "--duration × --fps must make at least one frame"),
     ]

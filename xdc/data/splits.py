@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xdc.errors import DataError
+from xdc.errors import DataError, XdcError
 
 __all__ = [
     "SPLIT_FOLDERS",
@@ -79,13 +79,16 @@ def held_out_counts(n: int, test_fraction: float, val_fraction: float) -> tuple[
     return test, min(counts[1], spare - test)
 
 
-def check_fractions(test_fraction: float, val_fraction: float) -> None:
-    """Raise ``DataError`` naming the flag when the held-out fractions leave nothing to train on."""
+def check_fractions(
+    test_fraction: float, val_fraction: float, error: type[XdcError] = DataError
+) -> None:
+    """Raise ``error`` naming the flag when the held-out fractions leave nothing to train on
+    (``xdc index``; ``xdc demo-data`` raises a ``ConfigError``)."""
     for flag, value in (("--test-fraction", test_fraction), ("--val-fraction", val_fraction)):
         if not 0 <= value < 1:
-            raise DataError(f"{flag} must be in [0, 1) (got {value}); e.g. {flag} 0.2")
+            raise error(f"{flag} must be in [0, 1) (got {value}); e.g. {flag} 0.2")
     if test_fraction + val_fraction >= 1:
-        raise DataError(
+        raise error(
             f"--test-fraction + --val-fraction must leave videos for training (got "
             f"{test_fraction} + {val_fraction}); e.g. --test-fraction 0.2 --val-fraction 0.1"
         )
