@@ -3,7 +3,13 @@ files that break after indexing, and the RAM cache cutting the same clips as the
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -399,3 +405,58 @@ def test_device_loader_keeps_its_workers_across_passes(demo_manifest: Path) -> N
         torch.testing.assert_close(a["audio"], b["audio"])
     with pytest.raises(ValueError, match="batch_transforms=True"):
         device_loader(_dataset(demo_manifest), first, 4, "cpu")
+
+
+# A parent that starts two workers the way DataLoader does (multiprocessing, fork), then is
+# SIGKILLed: ``armed`` asked to die with it before; ``late`` asks only after it is gone (the window
+# between a worker's start and torch's own watch of its parent). Prints the children's PIDs.
+ORPHANS = """
+import multiprocessing as mp, os, signal, sys, time
+from pathlib import Path
+from xdc.data.datasets import die_with_parent
+d = Path(sys.argv[1])
+def armed():
+    die_with_parent(); (d / "armed").touch(); time.sleep(120)
+def late():
+    while not (d / "go").exists(): time.sleep(0.01)
+    die_with_parent(); time.sleep(120)
+ctx = mp.get_context("fork")
+kids = [ctx.Process(target=f) for f in (armed, late)]
+for k in kids: k.start()
+print(*(k.pid for k in kids), flush=True)
+while not (d / "armed").exists(): time.sleep(0.01)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in "ZX":
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_workers_end_with_a_parent_killed_before_or_during_their_start(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHANS, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )  # fmt: skip
+    assert parent.stdout is not None
+    armed, late = map(int, parent.stdout.readline().split())  # the children keep the pipe open
+    try:
+        assert parent.wait(60) == -signal.SIGKILL
+        assert _gone(armed, within=5), "a worker outlived the parent it asked to die with"
+        assert not _gone(late, within=0.2)  # still waiting to start, its parent already gone
+        (tmp_path / "go").touch()
+        assert _gone(late, within=5), "a worker whose parent ended before it asked kept running"
+    finally:
+        for pid in (armed, late):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -220,6 +220,7 @@ class Attempt:
     stdout: list[str] = field(default_factory=list)
     stderr: list[str] = field(default_factory=list)
     stale_temporaries: set[Path] = field(default_factory=set)
+    children: list[tuple[int, str]] = field(default_factory=list)  # (pid, start time) when killed
 
     def __post_init__(self) -> None:
         self.started = time.time()
@@ -307,8 +308,21 @@ class Attempt:
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
+        """SIGKILL the process; its children (DataLoader workers) must end with it: see
+        :meth:`survivors`."""
+        self.children += _children(self.proc.pid)  # the process is frozen: no new ones
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(TIMEOUT)
+
+    def survivors(self, within: float = 10.0) -> list[str]:
+        """Command lines of the killed process's children still running after ``within`` s
+        (torch's workers check on their parent every 5 s; xdc's are killed with it at once)."""
+        deadline = time.monotonic() + within
+        while True:
+            alive = [cmd for child in self.children if (cmd := _running(child))]
+            if not alive or time.monotonic() > deadline:
+                return alive
+            time.sleep(0.05)
 
     def finish(self) -> int:
         try:
@@ -332,6 +346,34 @@ DIE_WITH_PARENT = (
 def _collect(stream: Any, lines: list[str]) -> None:
     for line in stream:
         lines.append(line)
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), None if there is none."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, start time) of ``pid``'s child processes."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (f := _stat(entry.name)) and f[1] == str(pid):
+            found.append((int(entry.name), f[19]))
+    return found
+
+
+def _running(child: tuple[int, str]) -> str:
+    """The command line of ``child`` if it is still running (not a zombie, not a reused pid)."""
+    f = _stat(child[0])
+    if f is None or f[0] in "ZX" or f[19] != child[1]:
+        return ""
+    try:
+        return Path(f"/proc/{child[0]}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+    except OSError:
+        return ""
 
 
 def temporaries(run: Path) -> list[Path]:
@@ -526,6 +568,7 @@ def test_sigkill_then_resume_is_bit_identical(
     for kill in kills:
         attempt = Attempt(cmd, run)
         kill_at(attempt, kill)
+        assert not attempt.survivors(), f"{kill.id}: workers outlived their killed parent"
         assert position(run) == kill.kept_position(), f"{kill.id}: {attempt.output()}"
         if "checkpoint" in kill.point:
             assert attempt.new_temporaries(), f"{kill.id}: not killed while writing"
