@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from xdc.checkpoint import load_checkpoint
 from xdc.data.datasets import ClipDataset, clip_loader, fixed_keys
 from xdc.data.manifest import read_manifest, write_manifest
 from xdc.evaluation.audio_probe import audio_probe
-from xdc.evaluation.encoders import load_eval_encoders
+from xdc.evaluation.encoders import load_eval_encoders, random_eval_encoders
 from xdc.evaluation.extract import EvalClips, FeatureExtractor, split_rows
 from xdc.evaluation.finetune import FinetuneModel, FinetuneSettings, finetune
 from xdc.evaluation.finetune_clips import ThreeCropClips, three_crops
@@ -33,6 +34,7 @@ from xdc.evaluation.linear_probe import (
 )
 from xdc.evaluation.retrieval import evaluate_retrieval, recall_at_k
 from xdc.features import mean_per_video
+from xdc.methods import MODALITIES
 
 FAST = ("data.cache=memory",)
 
@@ -234,6 +236,25 @@ def test_frozen_features_use_a_trained_encoders_stored_statistics(tiny_run: Path
     other = forced.extract(test, ("video",), 1)["video"].features["video"]
     assert not torch.allclose(other, features, atol=1e-3)
     assert forced.statistics()["video"] == "recalibrated on 8 training clips"
+
+
+def test_features_are_extracted_in_the_layout_the_run_trained_in(demo_manifest: Path) -> None:
+    """``train.channels_last`` (on in every preset): the 2D convolutions of ``small``'s encoders
+    extract in channels_last, with the features of the default layout."""
+    manifest = read_manifest(demo_manifest)
+    train, test = split_rows(manifest, "train"), split_rows(manifest, "test")[:6]
+    features = {}
+    for layout in ("true", "false"):
+        source = random_eval_encoders(None, "small", [f"train.channels_last={layout}"], seed=0)
+        reader = EvalClips(manifest, source.config.data, MODALITIES, batch_size=6)
+        extractor = FeatureExtractor(source, reader, train, bn_clips=0, progress=False)
+        out = extractor.extract(test, MODALITIES, 1)
+        features[layout] = {m: out[m].features[m] for m in MODALITIES}
+        video = extractor.calibrated("video")
+        conv = next(m for m in video.modules() if isinstance(m, nn.Conv2d)).weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "true")
+    for m in MODALITIES:
+        torch.testing.assert_close(features["true"][m], features["false"][m], rtol=1e-4, atol=1e-5)
 
 
 def test_finetuning_tests_with_the_statistics_it_learned(

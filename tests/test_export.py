@@ -164,7 +164,9 @@ def test_safetensors_load_into_xdcs_builder_in_a_fresh_process(
         print(json.dumps({{"diffs": diffs, "data": "xdc.data" in sys.modules}}))
         """
     )
-    assert result["diffs"] == {"video": 0.0, "audio": 0.0}
+    # ``xdc extract`` runs the run's 2D convolutions in channels_last (``train.channels_last``),
+    # the fresh model in the default layout: the same weights, features equal to float rounding.
+    assert all(d <= 1e-5 for d in result["diffs"].values()), result["diffs"]
     assert not result["data"]  # the weights need the model code only
 
 

@@ -163,7 +163,9 @@ class TrainConfig:
     """Convolutions in the memory layout they run fastest in (``xdc.encoders.use_fast_layout``):
     every 2D convolution (the per-frame bottom of ``mixed2d3d`` and ``frame2d``, the audio ResNet)
     in channels_last on any device (1.26× training steps of ``tiny`` and ``small`` on CPU), and
-    on CUDA an R(2+1)D-18 in channels_last_3d (the layout of cuDNN's tensor-core 3D convs)."""
+    on CUDA an R(2+1)D-18 in channels_last_3d (the layout of cuDNN's tensor-core 3D convs).
+    Evaluation extracts a run's features in the same layout (``make bench-extract`` compares
+    the two layouts)."""
     compile: bool = False
     """``torch.compile`` the training model (compiled at the first step; off by default)."""
     seed: int = 0

@@ -42,6 +42,7 @@ from xdc.data.cache import ClipCache
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader, fixed_keys
 from xdc.data.decode import ClipSpec
 from xdc.data.manifest import Manifest
+from xdc.encoders import use_fast_layout
 from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
 from xdc.features import (
@@ -234,6 +235,8 @@ class FeatureExtractor:
         ``bn_statistics`` asks for (recomputed once, then cached)."""
         if modality not in self._calibrated:
             encoder = self.source.encoders[modality].to(self.device)
+            if self.source.config.train.channels_last:  # as the run trained (the same features)
+                use_fast_layout({modality: encoder}, self.device)
             rows = self.clips.usable_rows(self.calibration_rows, modality)
             # a fixed stream: every encoder evaluated gets the same clips
             wanted = self.bn_clips if self.recalibrate else 0
