@@ -8,7 +8,7 @@ XDC := $(VENV)/bin/xdc
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-faults lint bench bench-data bench-kmeans bench-train clean
+.PHONY: setup demo test test-faults lint bench bench-data bench-kmeans bench-train bench-extract clean
 
 setup: $(VENV)/.installed
 
@@ -48,6 +48,9 @@ bench-kmeans: setup
 
 bench-train: setup
 	$(PY) benchmarks/train.py
+
+bench-extract: setup
+	$(PY) benchmarks/extract.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -5,10 +5,11 @@
     .venv/bin/python benchmarks/table.py --only kmeans --json rows.jsonl   # one, rows kept
     .venv/bin/python benchmarks/table.py --from rows.jsonl                 # the table of a past run
 
-Runs benchmarks/data.py, kmeans.py and train.py (and gpu.py when torch sees a GPU) one after
-another, each in its own process with ``--json`` into one JSON-lines file (schema:
-``benchmarks/jsonrows.py``), with the settings ``make bench-data``, ``bench-kmeans`` and
-``bench-train`` use (``--quick``: each script's ``--quick``, and 5 k-means iterations). The
+Runs benchmarks/data.py, kmeans.py, train.py and extract.py (and gpu.py when torch sees a GPU)
+one after another, each in its own process with ``--json`` into one JSON-lines file (schema:
+``benchmarks/jsonrows.py``), with the settings ``make bench-data``, ``bench-kmeans``,
+``bench-train`` and ``bench-extract`` use (``--quick``: each script's ``--quick``, and 5 k-means
+iterations). The
 scripts' own reports go to stderr; stdout gets one markdown table:
 
     benchmark | measured | reference (same run) | ratio | target | met
@@ -34,9 +35,9 @@ from typing import Any
 from jsonrows import read_rows
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("data", "kmeans", "train", "gpu")
+BENCHMARKS = ("data", "kmeans", "train", "extract", "gpu")
 QUICK_ARGS = {"data": ["--quick"], "kmeans": ["--quick", "--iters", "5"], "train": ["--quick"],
-              "gpu": ["--quick"]}  # fmt: skip
+              "extract": ["--quick"], "gpu": ["--quick"]}  # fmt: skip
 HEADER = ("benchmark", "measured", "reference (same run)", "ratio", "target", "met")
 
 
@@ -71,7 +72,7 @@ def table_lines(rows: list[dict[str, Any]]) -> list[str]:
 def default_benchmarks() -> list[str]:
     import torch
 
-    return ["data", "kmeans", "train", *(["gpu"] if torch.cuda.is_available() else [])]
+    return ["data", "kmeans", "train", "extract", *(["gpu"] if torch.cuda.is_available() else [])]
 
 
 def run_benchmarks(names: list[str], args: argparse.Namespace, json_path: Path) -> list[str]:
@@ -80,7 +81,7 @@ def run_benchmarks(names: list[str], args: argparse.Namespace, json_path: Path) 
     for name in names:
         command = [sys.executable, str(HERE / f"{name}.py"), "--json", str(json_path)]
         command += QUICK_ARGS[name] if args.quick else []
-        if args.data and name in ("data", "train"):
+        if args.data and name in ("data", "train", "extract"):
             command += ["--data", args.data]
         if args.cache and name in ("data", "kmeans"):
             command += ["--cache" if name == "data" else "--tmp", args.cache]
@@ -121,7 +122,7 @@ def main() -> None:
     )
     parser.add_argument("--json", help="keep the rows in this JSON-lines file (appended)")
     parser.add_argument("--from", dest="source", help="print the table of this rows file; no runs")
-    parser.add_argument("--data", help="demo data folder for data.py and train.py")
+    parser.add_argument("--data", help="demo data folder for data.py, train.py and extract.py")
     parser.add_argument("--cache", help="folder for data.py's sources and kmeans.py's files")
     args = parser.parse_args()
     if args.source:

@@ -35,7 +35,8 @@ def table_rows(stdout: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def quick_run(demo_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """`benchmarks/table.py --quick` on the test demo videos: data, kmeans and train, for real."""
+    """`benchmarks/table.py --quick` on the test demo videos: data, kmeans, train and extract,
+    for real."""
     folder = tmp_path_factory.mktemp("bench")
     rows_path = folder / "rows.jsonl"
     done = run_table("--quick", "--data", str(demo_manifest.parent), "--cache", str(folder),
@@ -48,7 +49,7 @@ def quick_run(demo_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 @pytest.mark.slow  # the quick run: ~30 s of CPU
 def test_every_row_follows_the_schema(quick_run: tuple) -> None:
     rows, _, _ = quick_run
-    assert {r["benchmark"] for r in rows} == {"data", "kmeans", "train"}
+    assert {r["benchmark"] for r in rows} == {"data", "kmeans", "train", "extract"}
     for r in rows:
         assert list(r) == FIELDS, r
         assert isinstance(r["row"], str) and isinstance(r["unit"], str)
@@ -65,13 +66,17 @@ def test_every_row_follows_the_schema(quick_run: tuple) -> None:
 @pytest.mark.slow  # the quick run: ~30 s of CPU
 def test_the_table_covers_each_comparison_of_the_issue(quick_run: tuple) -> None:
     """Loader vs bare decode, prepared vs raw, k-means vs scikit-learn, loop vs model-only,
-    feature-store memory (k-means vs the GEMM limit runs on disk: not in --quick)."""
+    evaluation extraction vs encoder-only and vs the default layout, feature-store memory (k-means vs the GEMM limit runs on disk: not in --quick)."""
     rows, _, _ = quick_run
     pairs = {(r["row"], r["reference"]) for r in rows}
     assert ("loader, 0 workers", "bare PyAV seek + decode, same clips") in pairs
     assert ("loader, 720p sources after xdc prepare", "loader, 720p raw sources") in pairs
     assert any(row.startswith("xdc cpu") and ref.startswith("scikit-learn") for row, ref in pairs)
     assert any(row.startswith("pretraining loop") and "model-only" in ref for row, ref in pairs)
+    extraction = {ref for row, ref in pairs if row.startswith("features, small")}
+    assert extraction == {
+        "encoder-only forwards, same shapes and layout", "the same extraction in the default layout"
+    }  # fmt: skip
     store = [r for r in rows if "fp16 store" in r["row"]]
     assert len(store) == 1 and store[0]["unit"] == "GiB"
     assert store[0]["reference"] == "same, float32 features in RAM"
