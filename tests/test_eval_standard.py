@@ -8,7 +8,9 @@ cross-validation for C never splits a source group."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,19 @@ import pytest
 import torch
 from torch import nn
 
+from tests.conftest import TINY_OVERRIDES
 from xdc.checkpoint import load_checkpoint
 from xdc.data.datasets import ClipDataset, clip_loader, fixed_keys
 from xdc.data.manifest import read_manifest, write_manifest
 from xdc.evaluation.audio_probe import audio_probe
 from xdc.evaluation.encoders import load_eval_encoders, random_eval_encoders
-from xdc.evaluation.extract import EvalClips, FeatureExtractor, split_rows
+from xdc.evaluation.extract import (
+    EvalClips,
+    FeatureExtractor,
+    eval_clips,
+    extract_splits,
+    split_rows,
+)
 from xdc.evaluation.finetune import FinetuneModel, FinetuneSettings, finetune
 from xdc.evaluation.finetune_clips import ThreeCropClips, three_crops
 from xdc.evaluation.linear_probe import (
@@ -255,6 +264,30 @@ def test_features_are_extracted_in_the_layout_the_run_trained_in(demo_manifest: 
         assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "true")
     for m in MODALITIES:
         torch.testing.assert_close(features["true"][m], features["false"][m], rtol=1e-4, atol=1e-5)
+
+
+def test_encoders_of_one_data_config_share_one_decode_of_the_clips(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
+    """``xdc demo`` extracts every row (random init, each method) from one ``eval_clips``: with
+    ``data.cache=memory`` the videos are decoded once, and the features are those of a reader
+    made for each encoder. Proof of the one decode: the files are gone for the second pass."""
+    shutil.copytree(demo_manifest.parent, tmp_path / "data")
+    manifest = read_manifest(tmp_path / "data" / demo_manifest.name)
+    overrides = [f"{k}={v}" for k, v in TINY_OVERRIDES.items()] + ["data.cache=memory"]
+    sources = [random_eval_encoders(None, "tiny", overrides, seed=s) for s in (0, 1)]
+    kwargs: dict[str, Any] = {"clips": 2, "bn_clips": 8, "progress": False, "device": "cpu"}
+    alone = [extract_splits(src, manifest, ["train", "test"], **kwargs) for src in sources]
+    reader = eval_clips(sources[0], manifest, ["train", "test"], progress=False)
+    for path in (tmp_path / "data").rglob("*.mp4"):
+        path.unlink()
+    for src, expected in zip(sources, alone, strict=True):
+        shared = extract_splits(src, manifest, ["train", "test"], reader=reader, **kwargs)
+        for split, m in itertools.product(["train", "test"], MODALITIES):
+            torch.testing.assert_close(shared[split][m].features[m], expected[split][m].features[m])
+    other = random_eval_encoders(None, "tiny", [*overrides, "data.crop_size=24"], seed=0)
+    with pytest.raises(ValueError, match="data config"):
+        extract_splits(other, manifest, ["test"], reader=reader, **kwargs)
 
 
 def test_finetuning_tests_with_the_statistics_it_learned(

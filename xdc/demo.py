@@ -33,7 +33,7 @@ from xdc.data.demo import FAMILIES, generate_demo_data
 from xdc.data.manifest import read_manifest
 from xdc.errors import ConfigError
 from xdc.evaluation.encoders import load_eval_encoders
-from xdc.evaluation.extract import extract_splits, recalibrates
+from xdc.evaluation.extract import eval_clips, extract_splits, recalibrates
 from xdc.evaluation.linear_probe import probe_clip_features
 from xdc.methods import MODALITIES
 from xdc.progress import inform
@@ -95,10 +95,13 @@ def run_demo(
                 timings.get(f"pretrain {method}", 0) + time.perf_counter() - tic
             )
         tic = time.perf_counter()
+        reader = None  # the clips (and RAM cache) of the rows' data config, decoded once a seed
         for row in ["random", *methods]:
             checkpoint = "random" if row == "random" else str(runs[row])
             like = str(runs[methods[0]]) if row == "random" else None
             source = load_eval_encoders(checkpoint, like=like, seed=seed)
+            if reader is None or reader.data_config != source.config.data:
+                reader = eval_clips(source, manifest, ["train", split], progress=progress)
             feats = extract_splits(
                 source,
                 manifest,
@@ -109,6 +112,7 @@ def run_demo(
                 device=device,
                 progress=progress,
                 bn_statistics=BN_STATISTICS,
+                reader=reader,
             )
             bn_used[row] = (
                 f"recomputed on {BN_CLIPS} training clips (a random init has none)"
@@ -120,6 +124,7 @@ def run_demo(
                     feats["train"][m], feats[split][m], m, manifest.label_names
                 )
                 results[row][m].append(100.0 * probe["top1"])
+        reader = None  # its cache is not held through the next seed's pretraining
         timings["linear probes"] = timings.get("linear probes", 0) + time.perf_counter() - tic
     results = {row: values for row, values in results.items() if values["video"]}
     summary = _summary(results, manifest, preset, seeds, timings, time.perf_counter() - start)

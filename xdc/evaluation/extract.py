@@ -354,26 +354,53 @@ def extract_splits(
     progress: bool = True,
     batch_size: int | None = None,
     bn_statistics: str = "auto",
+    reader: EvalClips | None = None,
 ) -> dict[str | None, dict[str, ClipFeatures]]:
     """``{split: {modality: ClipFeatures}}``; BatchNorm statistics as ``bn_statistics`` says
     (``auto``: stored for a trained encoder, recomputed for a random one), recomputed at most once
     per encoder, on ``bn_clips`` clips of ``bn_split`` (None: all rows). For callers that run
-    several protocols on the same features (e.g. ``xdc demo``)."""
+    several protocols on the same features (e.g. ``xdc demo``).
+
+    ``reader``: clips of ``manifest`` to use (with their RAM cache, when the data config has
+    one), from :func:`eval_clips` with the same arguments, for callers that extract the same
+    splits of several encoders of one data config (``xdc demo``'s rows); None: made here."""
     rows_of = {s: split_rows(manifest, s) for s in splits}
     calibration = split_rows(manifest, bn_split, "--bn-split")
-    needed = sorted({r for rows in rows_of.values() for r in rows} | set(calibration))
-    reader = EvalClips(
-        manifest,
-        source.config.data,
-        modalities,
-        batch_size or source.config.train.batch_size,
-        needed,
-        progress,
-    )
+    if reader is None:
+        reader = eval_clips(source, manifest, splits, modalities, bn_split, progress, batch_size)
+    elif (
+        reader.manifest is not manifest
+        or reader.data_config != source.config.data
+        or not set(modalities) <= set(reader.datasets)
+    ):
+        raise ValueError("reader: clips of another manifest, data config or modalities")
     extractor = FeatureExtractor(
         source, reader, calibration, bn_clips, device, progress, bn_statistics
     )
     return {s: extractor.extract(rows, modalities, clips) for s, rows in rows_of.items()}
+
+
+def eval_clips(
+    source: EvalEncoders,
+    manifest: Manifest,
+    splits: Sequence[str | None],
+    modalities: Sequence[str] = MODALITIES,
+    bn_split: str | None = "train",
+    progress: bool = True,
+    batch_size: int | None = None,
+) -> EvalClips:
+    """The clips :func:`extract_splits` reads for ``source``'s data config: the rows of
+    ``splits`` and ``bn_split``, in one RAM cache when the data config has one."""
+    rows = {r for s in splits for r in split_rows(manifest, s)}
+    rows |= set(split_rows(manifest, bn_split, "--bn-split"))
+    return EvalClips(
+        manifest,
+        source.config.data,
+        modalities,
+        batch_size or source.config.train.batch_size,
+        sorted(rows),
+        progress,
+    )
 
 
 def clip_features_to_npz(
