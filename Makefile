@@ -8,7 +8,8 @@ XDC := $(VENV)/bin/xdc
 DEMO_DIR ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-faults lint bench bench-data bench-kmeans bench-train bench-extract clean
+.PHONY: setup demo test test-faults lint bench bench-data bench-kmeans bench-train bench-extract \
+	clean
 
 setup: $(VENV)/.installed
 

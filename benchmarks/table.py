@@ -9,8 +9,7 @@ Runs benchmarks/data.py, kmeans.py, train.py and extract.py (and gpu.py when tor
 one after another, each in its own process with ``--json`` into one JSON-lines file (schema:
 ``benchmarks/jsonrows.py``), with the settings ``make bench-data``, ``bench-kmeans``,
 ``bench-train`` and ``bench-extract`` use (``--quick``: each script's ``--quick``, and 5 k-means
-iterations). The
-scripts' own reports go to stderr; stdout gets one markdown table:
+iterations). The scripts' own reports go to stderr; stdout gets one markdown table:
 
     benchmark | measured | reference (same run) | ratio | target | met
 

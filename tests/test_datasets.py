@@ -413,7 +413,7 @@ def test_device_loader_keeps_its_workers_across_passes(demo_manifest: Path) -> N
 ORPHANS = """
 import multiprocessing as mp, os, signal, sys, time
 from pathlib import Path
-from xdc.data.datasets import die_with_parent
+from xdc.processes import die_with_parent
 d = Path(sys.argv[1])
 def armed():
     die_with_parent(); (d / "armed").touch(); time.sleep(120)
@@ -449,14 +449,52 @@ def test_workers_end_with_a_parent_killed_before_or_during_their_start(tmp_path:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
     )  # fmt: skip
     assert parent.stdout is not None
-    armed, late = map(int, parent.stdout.readline().split())  # the children keep the pipe open
+    pids: list[int] = []
     try:
+        pids = [int(p) for p in parent.stdout.readline().split()]  # the children keep the pipe
+        armed, late = pids
         assert parent.wait(60) == -signal.SIGKILL
         assert _gone(armed, within=5), "a worker outlived the parent it asked to die with"
         assert not _gone(late, within=0.2)  # still waiting to start, its parent already gone
         (tmp_path / "go").touch()
         assert _gone(late, within=5), "a worker whose parent ended before it asked kept running"
     finally:
-        for pid in (armed, late):
+        parent.kill()
+        parent.stdout.close()
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+# A parent whose ``xdc.data.pool.map_files`` workers (``xdc index``, ``xdc prepare``) are busy on
+# files when it is SIGKILLed. Prints nothing; each worker writes its PID to a file.
+POOL = """
+import os, signal, sys, time
+from pathlib import Path
+from xdc.data.pool import map_files
+d = Path(sys.argv[1])
+def work(i):
+    (d / f"worker{i}").write_text(str(os.getpid())); time.sleep(120)
+for _ in map_files(work, [0, 1], workers=2, on_error=lambda item, detail: None):
+    pass
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_process_pool_workers_end_with_a_killed_parent(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    with subprocess.Popen([sys.executable, "-c", POOL, str(tmp_path)], env=env) as parent:
+        try:
+            deadline = time.monotonic() + 60
+            while len(list(tmp_path.glob("worker*"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            pids = [int(p.read_text()) for p in sorted(tmp_path.glob("worker*"))]
+            assert len(pids) == 2, "the pool's workers never started"
+            parent.kill()
+            parent.wait(10)
+            assert all(_gone(pid, within=5) for pid in pids), "a pool worker outlived its parent"
+        finally:
+            parent.kill()
+            for pid in [int(p.read_text()) for p in tmp_path.glob("worker*") if p.read_text()]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -249,19 +249,22 @@ def test_frozen_features_use_a_trained_encoders_stored_statistics(tiny_run: Path
 
 def test_features_are_extracted_in_the_layout_the_run_trained_in(demo_manifest: Path) -> None:
     """``train.channels_last`` (on in every preset): the 2D convolutions of ``small``'s encoders
-    extract in channels_last, with the features of the default layout."""
+    extract in channels_last (a copy of them), with the features of the default layout."""
     manifest = read_manifest(demo_manifest)
     train, test = split_rows(manifest, "train"), split_rows(manifest, "test")[:6]
     features = {}
     for layout in ("true", "false"):
         source = random_eval_encoders(None, "small", [f"train.channels_last={layout}"], seed=0)
         reader = EvalClips(manifest, source.config.data, MODALITIES, batch_size=6)
-        extractor = FeatureExtractor(source, reader, train, bn_clips=0, progress=False)
+        extractor = FeatureExtractor(source, reader, train, 0, device="cpu", progress=False)
         out = extractor.extract(test, MODALITIES, 1)
         features[layout] = {m: out[m].features[m] for m in MODALITIES}
-        video = extractor.calibrated("video")
-        conv = next(m for m in video.modules() if isinstance(m, nn.Conv2d)).weight
-        assert conv.is_contiguous(memory_format=torch.channels_last) == (layout == "true")
+        used, given = (
+            next(m for m in enc.modules() if isinstance(m, nn.Conv2d)).weight
+            for enc in (extractor.calibrated("video"), source.encoders["video"])
+        )
+        assert used.is_contiguous(memory_format=torch.channels_last) == (layout == "true")
+        assert given.is_contiguous(), "the caller's encoder keeps its layout (a copy is changed)"
     for m in MODALITIES:
         torch.testing.assert_close(features["true"][m], features["false"][m], rtol=1e-4, atol=1e-5)
 

@@ -101,6 +101,7 @@ def run_demo(
             like = str(runs[methods[0]]) if row == "random" else None
             source = load_eval_encoders(checkpoint, like=like, seed=seed)
             if reader is None or reader.data_config != source.config.data:
+                reader = None  # one RAM cache at a time
                 reader = eval_clips(source, manifest, ["train", split], progress=progress)
             feats = extract_splits(
                 source,

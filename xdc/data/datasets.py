@@ -30,15 +30,10 @@ and an epoch can be replayed exactly after a resume.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
-import os
-import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +57,7 @@ from xdc.data.transforms import (
     to_uint8_clip,
 )
 from xdc.errors import DataError, DecodeError
+from xdc.processes import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -540,48 +536,16 @@ def collate_clips(samples: list[dict[str, Any]] | dict[str, Any]) -> dict[str, A
 
 def worker_init(worker_id: int) -> None:
     """One thread per DataLoader worker (the workers are the parallelism), and a worker that
-    dies with the process that started it (:func:`die_with_parent`)."""
+    dies with the process that started it (``xdc.processes.die_with_parent``)."""
     die_with_parent()
     torch.set_num_threads(1)
 
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def die_with_parent() -> bool:
-    """In a worker process: ask Linux to SIGKILL it when its parent ends, and end it at once if
-    the parent has already ended. True when the request was made (Linux, in a child process).
-
-    torch's workers watch their parent themselves, but only from the end of their start-up: each
-    records ``os.getppid()`` after ``worker_init_fn`` has run and later checks it has not changed.
-    A parent killed within the start-up (a SIGKILL, the OOM killer, a scheduler's preemption just
-    as a loader starts its workers) leaves workers that recorded their new parent, PID 1, and wait
-    for work forever. Asking the kernel first and then checking the parent closes that window.
-    Linux counts the *thread* that started the worker as its parent: xdc iterates its loaders on
-    the main thread; a loader first iterated on a thread that ends before it loses its workers.
-    """
-    parent = multiprocessing.parent_process()
-    if parent is None or parent.pid is None or not sys.platform.startswith("linux"):
-        return False
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return False
-    if prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        return False
-    # Under a forkserver the worker's parent process is the server, not ``parent``.
-    if os.getppid() != parent.pid and _ended(parent.pid):
-        os._exit(1)  # the parent ended before the request: nobody is left to ask for work
-    return True
-
-
-def _ended(pid: int) -> bool:
-    """Whether process ``pid`` has exited (gone, or a zombie not yet waited for); Linux."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in "ZX"
+WORKER_START = "fork" if sys.platform.startswith("linux") else None
+"""How DataLoader workers start: forked on Linux, whatever Python's default (a forkserver from
+3.14): they share the dataset, its RAM cache included, copy-on-write instead of unpickling a copy
+each, and they are children of the loop's process, which ``xdc.processes.die_with_parent``
+needs (a forkserver's children outlive a killed parent). Elsewhere Python's default."""
 
 
 def epoch_keys(
@@ -680,6 +644,7 @@ def clip_loader(
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
+        multiprocessing_context=WORKER_START if workers else None,
     )
 
 

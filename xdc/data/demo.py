@@ -81,6 +81,7 @@ from xdc.data.demo_render import (
 from xdc.data.manifest import write_manifest
 from xdc.data.splits import check_fractions, held_out_counts
 from xdc.errors import ConfigError
+from xdc.processes import die_with_parent
 from xdc.progress import track
 
 __all__ = [
@@ -339,7 +340,8 @@ def generate_demo_data(
             rows.append(_make_clip(job))
             bar.update()
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        spawn = get_context("spawn")
+        with ProcessPoolExecutor(workers, spawn, initializer=die_with_parent) as pool:
             rows = []
             for row in pool.map(_make_clip, jobs, chunksize=4):
                 rows.append(row)

@@ -15,6 +15,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
+from xdc.processes import die_with_parent
+
 __all__ = ["DIED", "map_files"]
 
 T = TypeVar("T")
@@ -39,7 +41,9 @@ def map_files(
     todo = deque(items)
     while todo:
         suspects: list[T] = []
-        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(todo)))) as pool:
+        with ProcessPoolExecutor(
+            max(1, min(workers, len(todo))), initializer=die_with_parent
+        ) as pool:
             running: dict[Future[R], T] = {}
             while todo or running:
                 while todo and len(running) < 2 * workers:
@@ -65,7 +69,7 @@ def map_files(
 
 def _alone(work: Callable[[T], R], item: T, on_error: Callable[[T, str], R]) -> R:
     """``work(item)`` in a process of its own."""
-    with ProcessPoolExecutor(max_workers=1) as pool:
+    with ProcessPoolExecutor(max_workers=1, initializer=die_with_parent) as pool:
         try:
             return pool.submit(work, item).result()
         except BrokenProcessPool:

@@ -25,6 +25,7 @@ the protocols count as wrong answers (the denominator stays the official test li
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -234,9 +235,13 @@ class FeatureExtractor:
         """The encoder of ``modality`` on the device, in eval mode, with the statistics
         ``bn_statistics`` asks for (recomputed once, then cached)."""
         if modality not in self._calibrated:
-            encoder = self.source.encoders[modality].to(self.device)
-            if self.source.config.train.channels_last:  # as the run trained (the same features)
+            encoder = self.source.encoders[modality]
+            if self.source.config.train.channels_last:
+                # The layout the run trained in (features equal to float rounding), on a copy:
+                # the caller's encoders (``Embedder.encoders``…) keep theirs.
+                encoder = copy.deepcopy(encoder)
                 use_fast_layout({modality: encoder}, self.device)
+            encoder = encoder.to(self.device)
             rows = self.clips.usable_rows(self.calibration_rows, modality)
             # a fixed stream: every encoder evaluated gets the same clips
             wanted = self.bn_clips if self.recalibrate else 0
@@ -362,8 +367,9 @@ def extract_splits(
     several protocols on the same features (e.g. ``xdc demo``).
 
     ``reader``: clips of ``manifest`` to use (with their RAM cache, when the data config has
-    one), from :func:`eval_clips` with the same arguments, for callers that extract the same
-    splits of several encoders of one data config (``xdc demo``'s rows); None: made here."""
+    one), from :func:`eval_clips` with the same splits, ``bn_split`` and batch size, for callers
+    that extract the same splits of several encoders of one data config (``xdc demo``'s rows);
+    None: made here. A reader of another data config or batch size is refused."""
     rows_of = {s: split_rows(manifest, s) for s in splits}
     calibration = split_rows(manifest, bn_split, "--bn-split")
     if reader is None:
@@ -372,8 +378,9 @@ def extract_splits(
         reader.manifest is not manifest
         or reader.data_config != source.config.data
         or not set(modalities) <= set(reader.datasets)
+        or reader.batch_size != (batch_size or source.config.train.batch_size)
     ):
-        raise ValueError("reader: clips of another manifest, data config or modalities")
+        raise ValueError("reader: clips of another manifest, data config, modalities or batch size")
     extractor = FeatureExtractor(
         source, reader, calibration, bn_clips, device, progress, bn_statistics
     )
