@@ -44,6 +44,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from demo_set import DATA_HELP, demo_manifest  # noqa: E402
 from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc import seeds  # noqa: E402
@@ -51,7 +52,6 @@ from xdc.allocator import keep_heap  # noqa: E402
 from xdc.config import DataConfig, build_config  # noqa: E402
 from xdc.data.datasets import ClipDataset, clip_loader, epoch_keys  # noqa: E402
 from xdc.data.decode import clip_duration  # noqa: E402
-from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.draws import START, clip_draws  # noqa: E402
 from xdc.data.index import index_source  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
@@ -200,14 +200,7 @@ def max_rss_mib(who: int) -> float:
 def worker_rows(args: argparse.Namespace, config: DataConfig) -> list[dict]:
     """The loader with 0, 1 and 2 workers against a bare PyAV decode of the same clips; returns
     the JSON rows."""
-    data = Path(args.data)
-    if not (data / "manifest.csv").is_file():
-        print(f"generating demo data in {data} …", flush=True)
-        per_class, duration = (4, 1.2) if args.quick else (40, 2.0)
-        generate_demo_data(
-            data, classes=10, per_class=per_class, duration_sec=duration, seed=0, progress=False
-        )
-    manifest = read_manifest(data / "manifest.csv")
+    manifest = read_manifest(demo_manifest(args.data, args.quick))
     dataset = ClipDataset(manifest, config, train=True)
     keys = epoch_keys(dataset.rows, args.clips, seeds.rng(0, "sample", 0, 0))
     print(
@@ -260,9 +253,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data", help="demo data folder (default: .cache/bench-demo, or bench-demo-quick)"
-    )
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument(
         "--cache", default=str(ROOT / ".cache"), help="folder for the generated source videos"
     )
@@ -287,8 +278,6 @@ def main() -> None:
     if args.quick:  # the quick settings replace the defaults; flags given still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args()
-    if args.data is None:
-        args.data = str(ROOT / ".cache" / ("bench-demo-quick" if args.quick else "bench-demo"))
     config = build_config(args.preset).data
     torch.set_num_threads(1)
     if args.part in ("all", "workers"):

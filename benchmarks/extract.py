@@ -39,10 +39,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from demo_set import DATA_HELP, demo_manifest, median_by  # noqa: E402
 from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc.allocator import keep_heap  # noqa: E402
-from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import Manifest, read_manifest  # noqa: E402
 from xdc.evaluation.encoders import EvalEncoders, random_eval_encoders  # noqa: E402
 from xdc.evaluation.extract import EvalClips, FeatureExtractor, extract_splits  # noqa: E402
@@ -98,18 +98,15 @@ class EncoderOnly:
 
 
 def median_round(rounds: list[dict[str, float]], over: str, under: str) -> dict[str, float]:
-    """The round of median ``over / under`` (the lower of the two middle ones)."""
-    ranked = sorted(rounds, key=lambda r: r[over] / r[under])
-    return ranked[(len(ranked) - 1) // 2]
+    """The round of median ``over / under``."""
+    return median_by(rounds, lambda r: r[over] / r[under])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data", help="demo data folder (default: .cache/bench-demo, or bench-demo-quick)"
-    )
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
     parser.add_argument("--json", help="append the rows to this JSON-lines file")
     parser.add_argument("--preset", default="small", help="the encoders' preset (default small)")
@@ -120,14 +117,7 @@ def main() -> None:
     if args.quick:  # the quick settings replace the defaults; flags given still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args()
-    data = Path(args.data or ROOT / ".cache" / ("bench-demo-quick" if args.quick else "bench-demo"))
-    if not (data / "manifest.csv").is_file():
-        print(f"generating demo data in {data} …", flush=True)
-        per_class, duration = (4, 1.2) if args.quick else (40, 2.0)
-        generate_demo_data(
-            data, classes=10, per_class=per_class, duration_sec=duration, seed=0, progress=False
-        )
-    manifest = read_manifest(data / "manifest.csv")
+    manifest = read_manifest(demo_manifest(args.data, args.quick))
     sources = {layout: encoders(args.preset, layout) for layout in LAYOUTS}
     alone = {layout: EncoderOnly(sources[layout], manifest) for layout in LAYOUTS}
     if args.rounds < 1 or args.clips < 1:

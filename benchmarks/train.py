@@ -41,12 +41,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from demo_set import DATA_HELP, demo_manifest, median_by  # noqa: E402
 from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc import optim, training  # noqa: E402
 from xdc.allocator import keep_heap  # noqa: E402
 from xdc.config import PretrainConfig, build_config  # noqa: E402
-from xdc.data.demo import generate_demo_data  # noqa: E402
 from xdc.data.manifest import read_manifest  # noqa: E402
 from xdc.deep_clustering import build_model  # noqa: E402
 from xdc.encoders import use_fast_layout  # noqa: E402
@@ -154,18 +154,15 @@ def paired_loop(
 
 
 def median_pair(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The (loop, model-only) pair of the median ratio (the lower of the two middle ones)."""
-    ranked = sorted(pairs, key=lambda p: p[0] / p[1])
-    return ranked[(len(ranked) - 1) // 2]
+    """The (loop, model-only) pair of the median ratio."""
+    return median_by(pairs, lambda p: p[0] / p[1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--data", help="demo data folder (default: .cache/bench-demo, or bench-demo-quick)"
-    )
+    parser.add_argument("--data", help=DATA_HELP)
     parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
     parser.add_argument("--json", help="append the rows to this JSON-lines file")
     parser.add_argument(
@@ -183,14 +180,7 @@ def main() -> None:
     if args.quick:  # the quick settings replace the defaults; flags given still win
         parser.set_defaults(**QUICK)
         args = parser.parse_args()
-    data = Path(args.data or ROOT / ".cache" / ("bench-demo-quick" if args.quick else "bench-demo"))
-    if not (data / "manifest.csv").is_file():
-        print(f"generating demo data in {data} …", flush=True)
-        per_class, duration = (4, 1.2) if args.quick else (40, 2.0)
-        generate_demo_data(
-            data, classes=10, per_class=per_class, duration_sec=duration, seed=0, progress=False
-        )
-    manifest = data / "manifest.csv"
+    manifest = demo_manifest(args.data, args.quick)
     n_train = len(read_manifest(manifest).select("train"))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
