@@ -4,6 +4,7 @@ files that break after indexing, and the RAM cache cutting the same clips as the
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -18,12 +19,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from tests.conftest import tiny_config
+from tests.procs import gone
 from xdc import seeds
 from xdc.data.datasets import (
     BatchTransform,
     ClipDataset,
     ClipKey,
     KeySampler,
+    clip_loader,
     collate_clips,
     device_loader,
     epoch_keys,
@@ -429,19 +432,6 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
-def _gone(pid: int, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            return True
-        if state in "ZX":
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_end_with_a_parent_killed_before_or_during_their_start(tmp_path: Path) -> None:
     parent = subprocess.Popen(
@@ -454,10 +444,10 @@ def test_workers_end_with_a_parent_killed_before_or_during_their_start(tmp_path:
         pids = [int(p) for p in parent.stdout.readline().split()]  # the children keep the pipe
         armed, late = pids
         assert parent.wait(60) == -signal.SIGKILL
-        assert _gone(armed, within=5), "a worker outlived the parent it asked to die with"
-        assert not _gone(late, within=0.2)  # still waiting to start, its parent already gone
+        assert gone(armed, within=5), "a worker outlived the parent it asked to die with"
+        assert not gone(late, within=0.2)  # still waiting to start, its parent already gone
         (tmp_path / "go").touch()
-        assert _gone(late, within=5), "a worker whose parent ended before it asked kept running"
+        assert gone(late, within=5), "a worker whose parent ended before it asked kept running"
     finally:
         parent.kill()
         parent.stdout.close()
@@ -492,9 +482,36 @@ def test_process_pool_workers_end_with_a_killed_parent(tmp_path: Path) -> None:
             assert len(pids) == 2, "the pool's workers never started"
             parent.kill()
             parent.wait(10)
-            assert all(_gone(pid, within=5) for pid in pids), "a pool worker outlived its parent"
+            assert all(gone(pid, within=5) for pid in pids), "a pool worker outlived its parent"
         finally:
             parent.kill()
             for pid in [int(p.read_text()) for p in tmp_path.glob("worker*") if p.read_text()]:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+class _ParentDeathSignal(torch.utils.data.Dataset):
+    """One item: the signal Linux sends this process when its parent ends (PR_GET_PDEATHSIG)."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> int:
+        value = ctypes.c_int(0)
+        assert ctypes.CDLL(None).prctl(2, ctypes.byref(value), 0, 0, 0) == 0  # PR_GET_PDEATHSIG
+        return value.value
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_clip_loader_workers_are_forked_and_die_with_their_parent(demo_manifest: Path) -> None:
+    """xdc's loaders start their workers by fork, each asking to be killed with its parent
+    before torch's own watch begins: a real worker, with ``clip_loader``'s settings, says so."""
+    ds = _dataset(demo_manifest, train=False)
+    loader = clip_loader(ds, fixed_keys(ds.rows[:2]), 2, workers=1)
+    assert loader.multiprocessing_context.get_start_method() == "fork"
+    probe = DataLoader(
+        _ParentDeathSignal(), num_workers=1, worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+    )  # fmt: skip
+    assert [int(b) for b in probe] == [signal.SIGKILL]
+    assert [int(b) for b in DataLoader(_ParentDeathSignal(), num_workers=1)] == [0]

@@ -46,6 +46,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY_OVERRIDES
+from tests.procs import ended, stat_fields
 from xdc.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from xdc.runlog import METRICS_NAME, read_metrics
 
@@ -278,7 +279,8 @@ class Attempt:
 
     def cpu(self) -> int:
         """CPU time of the main process, in clock ticks."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat_fields(self.proc.pid)
+        assert fields is not None, "the process is gone"
         return int(fields[11]) + int(fields[12])
 
     def bytes_read(self) -> int:
@@ -297,7 +299,7 @@ class Attempt:
             return False
         os.kill(self.proc.pid, signal.SIGSTOP)
         while True:
-            state = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = (stat_fields(self.proc.pid) or ["X"])[0]
             if state in "Tt":
                 return True
             if state in "ZX" or self.proc.poll() is not None:
@@ -348,27 +350,18 @@ def _collect(stream: Any, lines: list[str]) -> None:
         lines.append(line)
 
 
-def _stat(pid: int | str) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state first), None if there is none."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-
-
 def _children(pid: int) -> list[tuple[int, str]]:
     """(pid, start time) of ``pid``'s child processes."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (f := _stat(entry.name)) and f[1] == str(pid):
+        if entry.name.isdigit() and (f := stat_fields(entry.name)) and f[1] == str(pid):
             found.append((int(entry.name), f[19]))
     return found
 
 
 def _running(child: tuple[int, str]) -> str:
     """The command line of ``child`` if it is still running (not a zombie, not a reused pid)."""
-    f = _stat(child[0])
-    if f is None or f[0] in "ZX" or f[19] != child[1]:
+    if ended(*child):
         return ""
     try:
         return Path(f"/proc/{child[0]}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
