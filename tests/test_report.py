@@ -12,7 +12,7 @@ import io
 import json
 import shutil
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -20,15 +20,18 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from xdc import cli
 from xdc.errors import DataError
+from xdc.evaluation import report as report_module
 from xdc.evaluation.report import (
     CLUSTERS_SHOWN,
     SOUNDS_PER_CLUSTER,
     add_report_parser,
     choose_clusters,
     load_run,
+    member_features,
     write_report,
 )
 from xdc.evaluation.report_checks import CACHE_NAME
@@ -283,6 +286,37 @@ def test_largest_and_purest_clusters_are_chosen(tiny_run: Path) -> None:
     assert shown[[s.cluster for s in shown].index(5)].purity == 1.0
     assert all(len(s.members) <= 2 and s.size == sizes[s.cluster] for s in shown)
     assert len({s.cluster for s in shown}) == len(shown)
+
+
+def test_cluster_members_are_extracted_in_the_layout_the_run_trained_in(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report's member features, like the probes', come from the run's encoder in the layout
+    it trained in (``train.channels_last``), on a copy, with the default layout's features."""
+    used: list[bool] = []
+    extract = report_module.extract_features
+
+    def recording(encoders: dict[str, nn.Module], *args: object, **kwargs: object) -> object:
+        for encoder in encoders.values():
+            conv = next(m for m in encoder.modules() if isinstance(m, nn.Conv2d))
+            used.append(conv.weight.is_contiguous(memory_format=torch.channels_last))
+        return extract(encoders, *args, **kwargs)
+
+    monkeypatch.setattr(report_module, "extract_features", recording)
+    contents = load_run(tiny_run)
+    rows = list(range(6))
+    features = {}
+    for layout in (True, False):
+        contents.config = replace(
+            contents.config, train=replace(contents.config.train, channels_last=layout)
+        )
+        got = member_features(contents, "video", rows, torch.device("cpu"), False, [])
+        assert sorted(got) == rows
+        features[layout] = torch.stack([got[r] for r in rows])
+    assert used == [True, False]
+    given = next(m for m in contents.encoders["video"].modules() if isinstance(m, nn.Conv2d))
+    assert given.weight.is_contiguous(), "the run's encoder keeps its layout (a copy is changed)"
+    torch.testing.assert_close(features[True], features[False], rtol=1e-4, atol=1e-5)
 
 
 EVIL_LABEL = "<script>alert(1)</script>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,19 @@ def use_fast_layout(encoders: dict[str, nn.Module], device: torch.device) -> lis
         elif device.type == "cuda" and use_channels_last(encoder):
             changed.append(f"{name}: 3D convolutions in channels_last_3d")
     return changed
+
+
+def in_run_layout(encoder: nn.Module, channels_last: bool, device: torch.device) -> nn.Module:
+    """``encoder`` in the memory layout its run trained in (``train.channels_last``): a copy in
+    :func:`use_fast_layout`'s layout, so that the caller's module keeps its own (the features
+    equal the default layout's to float rounding), or ``encoder`` itself when the run trained in
+    the default layout. For frozen-feature extraction: probes, retrieval, ``xdc embed``, the
+    report's cluster members."""
+    if not channels_last:
+        return encoder
+    clone = copy.deepcopy(encoder)
+    use_fast_layout({"encoder": clone}, device)
+    return clone
 
 
 ONEDNN_SAFE_CHANNELS = 16

@@ -25,7 +25,6 @@ the protocols count as wrong answers (the denominator stays the official test li
 
 from __future__ import annotations
 
-import copy
 import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -43,7 +42,7 @@ from xdc.data.cache import ClipCache
 from xdc.data.datasets import ClipDataset, ClipKey, clip_loader, fixed_keys
 from xdc.data.decode import ClipSpec
 from xdc.data.manifest import Manifest
-from xdc.encoders import use_fast_layout
+from xdc.encoders import in_run_layout
 from xdc.errors import ConfigError, DataError
 from xdc.evaluation.encoders import EvalEncoders
 from xdc.features import (
@@ -235,13 +234,9 @@ class FeatureExtractor:
         """The encoder of ``modality`` on the device, in eval mode, with the statistics
         ``bn_statistics`` asks for (recomputed once, then cached)."""
         if modality not in self._calibrated:
-            encoder = self.source.encoders[modality]
-            if self.source.config.train.channels_last:
-                # The layout the run trained in (features equal to float rounding), on a copy:
-                # the caller's encoders (``Embedder.encoders``…) keep theirs.
-                encoder = copy.deepcopy(encoder)
-                use_fast_layout({modality: encoder}, self.device)
-            encoder = encoder.to(self.device)
+            encoder = in_run_layout(
+                self.source.encoders[modality], self.source.config.train.channels_last, self.device
+            ).to(self.device)
             rows = self.clips.usable_rows(self.calibration_rows, modality)
             # a fixed stream: every encoder evaluated gets the same clips
             wanted = self.bn_clips if self.recalibrate else 0

@@ -40,7 +40,7 @@ from xdc.config import PretrainConfig
 from xdc.data.datasets import ClipDataset, clip_loader, fixed_keys
 from xdc.data.decode import ClipSpec, decode_clip, video_duration
 from xdc.data.manifest import Manifest, read_manifest
-from xdc.encoders import load_encoders
+from xdc.encoders import in_run_layout, load_encoders
 from xdc.errors import CheckpointError, ConfigError, DataError, DecodeError
 from xdc.evaluation import report_plots as plots
 from xdc.evaluation.cli_shared import Subcommands, add_device_arguments
@@ -366,7 +366,7 @@ def member_features(
     )
     pool = [int(r) for r in clustered if int(r) in usable] or dataset.rows
     n_cal = min(cfg.cluster.bn_recalibration_clips, len(pool))
-    encoder = contents.encoders[modality].to(device)
+    encoder = in_run_layout(contents.encoders[modality], cfg.train.channels_last, device).to(device)
     if n_cal:
         keys = calibration_keys(pool, n_cal, seeds.rng(cfg.train.seed, "report_calibration"))
         batches = valid_inputs(clip_loader(dataset, keys, size), modality)
