@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,17 @@ from xdc.data.demo import generate_demo_data  # noqa: E402
 
 T = TypeVar("T")
 DATA_HELP = "demo data folder (default: .cache/bench-demo, or bench-demo-quick)"
+
+
+def demo_parser(description: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark on the demo set takes: ``--data``, ``--quick``, ``--json``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", help=DATA_HELP)
+    parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
+    parser.add_argument("--json", help="append the rows to this JSON-lines file")
+    return parser
 
 
 def demo_manifest(data: str | None, quick: bool) -> Path:

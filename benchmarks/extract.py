@@ -29,7 +29,6 @@ check that the script runs. ``--json PATH`` appends the rows in the schema of
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from demo_set import DATA_HELP, demo_manifest, median_by  # noqa: E402
+from demo_set import demo_manifest, demo_parser, median_by  # noqa: E402
 from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc.allocator import keep_heap  # noqa: E402
@@ -103,12 +102,7 @@ def median_round(rounds: list[dict[str, float]], over: str, under: str) -> dict[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", help=DATA_HELP)
-    parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
-    parser.add_argument("--json", help="append the rows to this JSON-lines file")
+    parser = demo_parser(__doc__)
     parser.add_argument("--preset", default="small", help="the encoders' preset (default small)")
     parser.add_argument("--clips", type=int, default=10, help="clips per video (as linear-probe)")
     parser.add_argument("--rounds", type=int, default=5, help="measurements of each side")

@@ -27,7 +27,6 @@ PATH`` appends the rows in the schema of ``benchmarks/jsonrows.py`` (read by
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from demo_set import DATA_HELP, demo_manifest, median_by  # noqa: E402
+from demo_set import demo_manifest, demo_parser, median_by  # noqa: E402
 from jsonrows import append_rows, make_row  # noqa: E402
 
 from xdc import optim, training  # noqa: E402
@@ -159,12 +158,7 @@ def median_pair(pairs: list[tuple[float, float]]) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--data", help=DATA_HELP)
-    parser.add_argument("--quick", action="store_true", help="smallest settings: a smoke run")
-    parser.add_argument("--json", help="append the rows to this JSON-lines file")
+    parser = demo_parser(__doc__)
     parser.add_argument(
         "--steps", type=int, help="model-only steps between two epochs (default per config)"
     )
