@@ -73,11 +73,13 @@ class Setup:
     cache: str = "none"
     broken: bool = False
     long_kmeans: bool = False
+    mixup: bool = False  # train.mixup on both modalities: its draws resume with the run
 
     @property
     def id(self) -> str:
         parts = [self.method, f"w{self.workers}", self.cache]
-        return "-".join(parts + ["broken"] * self.broken + ["longkm"] * self.long_kmeans)
+        parts += ["broken"] * self.broken + ["longkm"] * self.long_kmeans + ["mixup"] * self.mixup
+        return "-".join(parts)
 
     def overrides(self) -> dict[str, object]:
         clusterings = 1 if self.method == "cdc" else 2
@@ -95,6 +97,7 @@ class Setup:
                 if self.long_kmeans
                 else {}
             ),
+            **({"train.mixup": 0.4, "train.mixup_on": "both"} if self.mixup else {}),
         }
 
     def command(self, manifest: Path, out: Path) -> list[str]:
@@ -147,7 +150,7 @@ CLUSTER_CKPT, FINAL_CKPT = Kill("cluster-checkpoint", 1), Kill("final-checkpoint
 EVERY_POINT = (TRAIN_01, EPOCH_CKPT_01, EXTRACT, CLUSTER, CLUSTER_CKPT, TRAIN_11, FINAL_CKPT)
 
 DEFAULT_CASES = [
-    (Setup("xdc", long_kmeans=True), (TRAIN_01, CLUSTER)),
+    (Setup("xdc", long_kmeans=True, mixup=True), (TRAIN_01, CLUSTER)),
     (Setup("sdc", workers=2), (EPOCH_CKPT_01, TRAIN_10, FINAL_CKPT)),
     (Setup("mdc", cache="memory"), (EXTRACT, CLUSTER_CKPT)),
     (Setup("cdc", workers=2, broken=True), (EXTRACT, EPOCH_CKPT_10)),

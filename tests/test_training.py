@@ -428,3 +428,70 @@ def test_features_clustered_from_disk_give_the_memory_run_labels(
     assert (out / "features").is_dir() and not any((out / "features").iterdir())
     with pytest.raises(ConfigError, match="cluster.feature_store"):
         tiny_config("xdc", cluster__feature_store="disk", cluster__views=2)
+
+
+def test_mixup_blends_the_chosen_modality_and_its_labels(
+    demo_manifest: Path, tmp_path: Path
+) -> None:
+    """train.mixup: the video encoder sees λ·x + (1−λ)·x[partner] of real decoded clips, the audio
+    encoder its clips unchanged (mixup_on=video), and the loss is λ of each video head's
+    cross-entropy on the clip's label plus 1−λ on the partner's; the plan is the step's own
+    stream (the same again for the same step, another for the next), and off without mixup."""
+    from xdc.data.datasets import epoch_keys
+    from xdc.models.video import normalize_video
+    from xdc.run import open_run
+    from xdc.training import build_model, mixup_plan, train_step
+
+    config = tiny_config("xdc", train__mixup=0.4, train__batch_size=6)
+    run = open_run(config, demo_manifest, tmp_path / "mix", "train", "cpu", progress=False)
+    model = build_model(config, run.method, run.num_labels, run.device)
+    rows = np.asarray(run.train_set.rows)
+    loader = run.loader(run.train_set, [])
+    loader.set_keys(epoch_keys(rows, 6, np.random.default_rng(0), None))
+    batch = next(iter(loader))
+    n = len(batch["index"])
+    labels = {c.name: torch.arange(len(run.train_set)) % 3 for c in run.method.clusterings}
+
+    plan = mixup_plan(config.train, n, 1, 2, 3)
+    assert plan is not None
+    partner, share = plan
+    assert sorted(partner.tolist()) == list(range(n)) and partner.tolist() != list(range(n))
+    assert 0 < share["video"] < 1 and share["audio"] == 1.0
+    again = mixup_plan(config.train, n, 1, 2, 3)
+    assert again is not None and torch.equal(again[0], partner) and again[1] == share
+    other = mixup_plan(config.train, n, 1, 2, 4)
+    assert other is not None and other[1]["video"] != share["video"]
+    assert mixup_plan(tiny_config("xdc").train, n, 1, 2, 3) is None
+
+    seen: dict[str, object] = {}
+    for m in ("video", "audio"):
+        model.encoders[m].register_forward_pre_hook(
+            lambda _mod, args, m=m: seen.update({m: args[0].detach().clone()})
+        )
+    model.register_forward_hook(lambda _mod, _args, out: seen.update(logits=out))
+    lam = share["video"]
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss, _, size = train_step(model, batch, labels, optimizer, scaler, run, plan)
+    assert size == n
+    video, audio = batch["video"], batch["audio"]
+    video = normalize_video(video)  # blended in the encoder's float input, not in uint8
+    assert torch.allclose(seen["video"], lam * video + (1 - lam) * video[partner], atol=1e-5)
+    assert torch.equal(seen["audio"], audio)
+    # the loss from the logits of the mixed clips
+    logits, ce = seen["logits"], torch.nn.functional.cross_entropy
+    y = {c: labels[c][batch["index"]] for c in labels}
+    expected = 0.0
+    with torch.no_grad():
+        for e, c in run.method.heads():
+            out = logits[run.method.head_name(e, c)].float()
+            if e == "video":
+                expected += lam * ce(out, y[c]) + (1 - lam) * ce(out, y[c][partner])
+            else:
+                expected += ce(out, y[c])
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
+    with pytest.raises(ConfigError, match=r"train\.mixup"):
+        tiny_config("xdc", train__mixup=-1.0)
+    with pytest.raises(ConfigError, match=r"train\.mixup_on"):
+        tiny_config("xdc", train__mixup_on="frames")

@@ -29,6 +29,7 @@ PURPOSES: dict[str, tuple[int, tuple[str, ...]]] = {
     "calibration": (5, ("iteration",)),  # BatchNorm-calibration clips before extraction
     "views": (6, ("iteration", "view")),  # augmented clips averaged for clustering
     "sample": (7, ("iteration", "epoch")),  # the clips (and their augmentation) of an epoch
+    "mixup": (21, ("iteration", "epoch", "step", "rank")),  # a training step's mixup
     # inside k-means (its ``seed`` argument)
     "kmeans_init": (8, ()),  # initial centroids
     "kmeans_split": (9, ()),  # splitting of large clusters to fill empty ones

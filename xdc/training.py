@@ -53,6 +53,7 @@ from xdc.features import (
 )
 from xdc.loop_state import LoopState, checkpoint, restore
 from xdc.methods import MODALITIES, Method, get_method
+from xdc.models.video import normalize_video
 from xdc.progress import track
 from xdc.pseudolabels import PseudoLabels, balanced_weights, format_stats, make_pseudo_labels
 from xdc.run import RunContext, deterministic_algorithms, open_run
@@ -347,7 +348,8 @@ def train_one_epoch(
             optimizer,
             pretraining_lr(state.iteration, state.epoch, i, len(loader), run.config.train),
         )
-        loss, acc, n = train_step(model, batch, labels, optimizer, scaler, run)
+        mix = mixup_plan(run.config.train, len(batch["index"]), state.iteration, state.epoch, i)
+        loss, acc, n = train_step(model, batch, labels, optimizer, scaler, run, mix)
         state.step += 1
         window.add(loss, acc, n)
         if (i + 1) % run.config.train.log_every == 0 or i + 1 == len(loader):
@@ -377,6 +379,22 @@ def train_one_epoch(
     }
 
 
+def mixup_plan(
+    t: TrainConfig, n: int, iteration: int, epoch: int, step: int
+) -> tuple[Tensor, dict[str, float]] | None:
+    """The mixup of one training step (``train.mixup``): each clip's partner in the batch and,
+    per encoder modality, the share ``λ`` the clip keeps (1.0 where ``train.mixup_on`` does not
+    mix). None when mixup is off. Drawn from the step's own stream, so a resumed run mixes as an
+    uninterrupted one; each process of a DDP run mixes its own batch."""
+    if t.mixup <= 0 or n < 2:
+        return None
+    g = seeds.rng(t.seed, "mixup", iteration, epoch, step, dist.rank())
+    partner = torch.from_numpy(g.permutation(n))
+    mixed = MODALITIES if t.mixup_on == "both" else (t.mixup_on,)
+    share = {m: float(g.beta(t.mixup, t.mixup)) if m in mixed else 1.0 for m in MODALITIES}
+    return partner, share
+
+
 def train_step(
     model: nn.Module,
     batch: dict[str, Any],
@@ -384,24 +402,36 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     run: RunContext,
+    mix: tuple[Tensor, dict[str, float]] | None = None,
 ) -> tuple[Tensor, Tensor, int]:
     """Forward, summed cross-entropy of every head, backward, clip, step, on a batch of
     ``run.loader`` (its clips on the device already).
 
+    ``mix`` (:func:`mixup_plan`): each modality's clips are blended with their partners',
+    ``λ·x + (1−λ)·x[partner]``, and a head of that modality's encoder learns ``λ`` of its clip's
+    label and ``1−λ`` of the partner's; its accuracy counts the label with the larger share.
+
     Returns the loss and the mean pseudo-label accuracy over the heads as device tensors (no host
     synchronisation) and the batch size.
     """
-    heads = [(run.method.head_name(e, c), c) for e, c in run.method.heads()]
+    heads = [(run.method.head_name(e, c), e, c) for e, c in run.method.heads()]
     inputs = {m: batch[m] for m in MODALITIES}
     index = batch["index"].to(run.device, non_blocking=True)
+    share = dict.fromkeys(MODALITIES, 1.0)
+    if mix is not None:
+        partner, share = mix[0].to(run.device), mix[1]
+        # uint8 frames are blended once normalised (as the encoder would): no rounding
+        inputs = {
+            m: x if share[m] == 1.0 else torch.lerp(x[partner], x, share[m])
+            for m, x in {**inputs, "video": normalize_video(inputs["video"])}.items()
+        }
+    targets = {}  # head → (its clip's label, the partner's, the clip's share)
+    for h, e, c in heads:
+        y = labels[c][index]
+        targets[h] = (y, y if share[e] == 1.0 else y[partner], share[e])
     with optim.autocast(run.device, run.amp_dtype):
         logits = model(inputs)
-        loss = torch.stack(
-            [
-                F.cross_entropy(logits[h].float(), labels[c][index], ignore_index=-1)
-                for h, c in heads
-            ]
-        ).sum()
+        loss = torch.stack([head_loss(logits[h].float(), *targets[h]) for h, _, _ in heads]).sum()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if run.config.train.grad_clip > 0:
@@ -411,9 +441,21 @@ def train_step(
     scaler.update()
     with torch.no_grad():
         acc = torch.stack(
-            [(logits[h].argmax(1) == labels[c][index]).float().mean() for h, c in heads]
+            [
+                (logits[h].argmax(1) == (y if lam >= 0.5 else y_partner)).float().mean()
+                for h, (y, y_partner, lam) in targets.items()
+            ]
         )
     return loss.detach(), acc.mean(), int(index.shape[0])
+
+
+def head_loss(logits: Tensor, y: Tensor, y_partner: Tensor, share: float) -> Tensor:
+    """Cross-entropy of one head; with mixup, ``share`` of it on the clip's label and the rest on
+    its partner's (labels of -1, videos without one, are ignored)."""
+    loss = F.cross_entropy(logits, y, ignore_index=-1)
+    if share == 1.0:
+        return loss
+    return share * loss + (1.0 - share) * F.cross_entropy(logits, y_partner, ignore_index=-1)
 
 
 class _Meter:
