@@ -164,7 +164,8 @@ class TrainConfig:
     memorises each of a few hundred videos. 0 = off; 0.2–1.0 are usual values."""
     mixup_on: str = "video"
     """Which encoders' inputs mixup blends: ``video``, ``audio`` or ``both`` (each with its own
-    ``λ``, the same partners)."""
+    ``λ``, the same partners). ``small`` uses ``both``: on val, video-only mixup lowered the audio
+    probe on most runs, mixing both raised it (docs/presets.md, section 14)."""
     amp: bool = True
     """Mixed precision on CUDA (ignored on CPU)."""
     channels_last: bool = True
