@@ -173,7 +173,7 @@ class TrainConfig:
     every 2D convolution (the per-frame bottom of ``mixed2d3d`` and ``frame2d``, the audio ResNet)
     in channels_last on any device (1.26× training steps of ``tiny`` and ``small`` on CPU), and
     on CUDA an R(2+1)D-18 in channels_last_3d (the layout of cuDNN's tensor-core 3D convs).
-    Frozen-feature evaluations (``FeatureExtractor``: probes, retrieval, ``xdc embed``; the
+    Frozen-feature evaluations (``FeatureExtractor``: probes, retrieval, ``xdc.embed``; the
     report's cluster members) extract in the same layout, on a copy of the encoders
     (``xdc.encoders.in_run_layout``; ``make bench-extract`` compares the two)."""
     compile: bool = False

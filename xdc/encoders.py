@@ -79,7 +79,7 @@ def in_run_layout(encoder: nn.Module, channels_last: bool, device: torch.device)
     """``encoder`` in the memory layout its run trained in (``train.channels_last``): a copy in
     :func:`use_fast_layout`'s layout, so that the caller's module keeps its own (the features
     equal the default layout's to float rounding), or ``encoder`` itself when the run trained in
-    the default layout. For frozen-feature extraction: probes, retrieval, ``xdc embed``, the
+    the default layout. For frozen-feature extraction: probes, retrieval, ``xdc.embed``, the
     report's cluster members."""
     if not channels_last:
         return encoder

@@ -281,7 +281,7 @@ _JITTER = (
 RECIPES: dict[str, Recipe] = {
     "quick": Recipe(
         "quick",
-        "xdc's own short recipe: not a published protocol (1 random clip per video per epoch, "
+        "xdc's own short recipe: not a published protocol (the run's clips per video per epoch, "
         "SGD, cosine, no dropout, one learning rate); numbers are not comparable with papers",
         {},
         {"augment": "none", "spec_augment": False},
