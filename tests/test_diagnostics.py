@@ -43,7 +43,12 @@ from xdc.diagnostics import (
     read_warnings,
 )
 from xdc.evaluation.report import write_report
-from xdc.evaluation.report_checks import CACHE_NAME, random_init_warnings
+from xdc.evaluation.report_checks import (
+    CACHE_NAME,
+    fit_gap_warnings,
+    random_init_html,
+    random_init_warnings,
+)
 from xdc.runlog import read_metrics
 from xdc.training import pretrain
 
@@ -176,6 +181,37 @@ def test_random_init_warning_when_training_did_not_help() -> None:
     assert random_init_warnings({"skipped": "no labels"}) == []
 
 
+def test_fit_gap_warning_when_the_probe_fits_training_videos_only() -> None:
+    """The report's probe check stores the cross-validated top-1 on the training videos; a
+    trained encoder 25 points or more above its val top-1 there is flagged as memorising, and
+    only that one (random init's own gap, and a small gap, say nothing). The table's verdict
+    is still about random init."""
+    check = {
+        "test_split": "val",
+        "train_split": "train",
+        "n_train_videos": 320,
+        "clips_per_video": 1,
+        "chance_top1": 0.1,
+        "top1": {
+            "video": {"trained": 0.25, "random": 0.10},
+            "audio": {"trained": 0.90, "random": 0.40},
+        },
+        "cv_top1": {
+            "video": {"trained": 0.706, "random": 0.13},
+            "audio": {"trained": 0.95, "random": 0.90},
+        },
+        "n_test_videos": {"video": 80, "audio": 80},
+    }
+    (w,) = fit_gap_warnings(check)
+    assert w["code"] == "memorised_training_videos" and w["subject"] == "video"
+    assert "70.6%" in w["message"] and "25.0%" in w["message"] and "'val'" in w["message"]
+    assert "--method supervised" in w["advice"] and "more" in w["advice"]
+    html = random_init_html(check, random_init_warnings(check) + [w])
+    assert "not clearly above" not in html and html.count("above its random init") == 2
+    assert fit_gap_warnings({"top1": check["top1"], "test_split": "val"}) == []  # older cache
+    assert fit_gap_warnings(None) == [] and fit_gap_warnings({"skipped": "no labels"}) == []
+
+
 # --- A run built to fail ----------------------------------------------------------------------
 
 
@@ -293,6 +329,7 @@ def test_failing_run_report_lists_the_warnings_and_compares_with_random_init(
         assert word in table
     cache = json.loads((run / "eval" / CACHE_NAME).read_text())
     assert set(cache["top1"]) == {"video", "audio"}
+    assert set(cache["cv_top1"]) <= {"video", "audio"}  # stored for the memorisation warning
     assert cache["chance_top1"] == pytest.approx(1 / 3)
     assert CACHE_NAME not in html[html.index('<section id="evaluation">') :]
     # Written again: the probe comes from the cache.

@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from xdc.errors import DataError
-from xdc.evaluation.linear_probe import C_GRID, linear_probe, topk_accuracy, video_level
+from xdc.evaluation.linear_probe import (
+    C_GRID,
+    FIT_GAP,
+    fit_gap_note,
+    linear_probe,
+    topk_accuracy,
+    video_level,
+)
 
 
 def blobs(
@@ -91,6 +98,31 @@ def test_cross_validation_keeps_the_clips_of_a_video_together() -> None:
     y = video_labels[g]
     result = linear_probe(x, y, x[:8], y[:8], g, g[:8])
     assert max(result["cv_accuracy"].values()) < 0.75
+
+
+def test_fit_gap_note_speaks_when_training_videos_are_memorised() -> None:
+    """Training clips carry their class (an encoder that memorised the videos it was trained
+    on), test clips of the same classes do not: cross-validation scores near 100 %, the test
+    near chance, and the note says so with both numbers. With test clips drawn like the
+    training clips (the same class centres) it stays silent, as it does for features that carry
+    nothing anywhere."""
+    rng = np.random.default_rng(4)
+    x, y, g = blobs(rng, classes=4, videos=30, clips=3, dim=16, spread=1.0)
+    train, test = g % 3 != 0, g % 3 == 0
+    unlike = rng.normal(0.0, 5.0, size=(int(test.sum()), 16))  # no class centre in the test clips
+    memorised = linear_probe(x[train], y[train], unlike, y[test], g[train], g[test])
+    assert memorised["cv_top1"] == max(memorised["cv_accuracy"].values()) > 0.95
+    assert memorised["cv_top1"] - memorised["top1"] >= FIT_GAP
+    note = fit_gap_note(memorised)
+    assert note is not None and "memorised" in note
+    assert f"{memorised['cv_top1']:.1%}" in note and f"{memorised['top1']:.1%}" in note
+    alike = linear_probe(x[train], y[train], x[test], y[test], g[train], g[test])
+    assert alike["top1"] == 1.0 and fit_gap_note(alike) is None
+    y_train, y_test = rng.integers(0, 4, 600), rng.integers(0, 4, 400)
+    noise = linear_probe(rng.normal(size=(600, 32)), y_train, rng.normal(size=(400, 32)), y_test)
+    assert fit_gap_note(noise) is None
+    fixed = linear_probe(x[train], y[train], unlike, y[test], g[train], g[test], c_grid=[1.0])
+    assert fixed["cv_top1"] is None and fit_gap_note(fixed) is None  # nothing cross-validated
 
 
 def test_probe_refuses_unusable_labels() -> None:

@@ -11,6 +11,7 @@ object. Progress bars and notes go to stderr.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def cmd_linear_probe(
     out_dir: str | None = None,
 ) -> int:
     """Linear probe of one encoder; writes ``linear_probe_<modality>.json``."""
-    from xdc.evaluation.linear_probe import evaluate_linear_probe
+    from xdc.evaluation.linear_probe import evaluate_linear_probe, fit_gap_note
 
     source, manifest, folder = load_with_folder(options, out_dir, as_json)
     r = evaluate_linear_probe(
@@ -128,6 +129,9 @@ def cmd_linear_probe(
     table += "\n" + statistics_line(r["bn_statistics"])
     table += "\n" + unreadable_line(r["unreadable_test_videos"], r["n_test_official"])
     emit(r, folder, f"linear_probe_{modality}.json", as_json, table)
+    note = fit_gap_note(r, test_split)
+    if note:  # on stderr, so that --json users see it too
+        print(note, file=sys.stderr, flush=True)
     return 0
 
 

@@ -15,6 +15,12 @@ Protocol (the linear variant of the paper's evaluation; README, "Evaluation prot
   averaged, and the video is predicted from the average (``top1_clip`` reports clip level too,
   over the clips that decoded). A test video none of whose clips decoded counts as wrong in
   ``top1``, ``top5`` and ``per_class``: the denominator is the official test list.
+- ``fit_gap_note`` says when the cross-validated accuracy on the training videos is far above
+  the test accuracy (``FIT_GAP`` points or more): the features of the training videos carry the
+  class and those of the test videos do not, which is what an encoder that memorised the videos
+  it was pretrained on gives (measured: `small`'s XDC video encoder after 320 `digits` videos,
+  70.6 % cross-validated against 25.0 % on test; docs/presets.md, section 16), or a test split
+  unlike the training split.
 - top-k counts a hit when the true class is among the k most probable. With k or fewer classes
   every class is among them, so top-k is 1.0 (for a class the classifier knows; a test class absent
   from training is always a miss).
@@ -57,6 +63,7 @@ C_GRID: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)
 """Inverse regularisation strengths tried by cross-validation (log-spaced)."""
 MAX_ITER = 2000
 SMALL_PROBLEM = 1_000_000
+FIT_GAP = 0.25  # cross-validated minus test top-1 at which ``fit_gap_note`` speaks
 """Training sets with fewer numbers than this are fitted with one BLAS thread."""
 
 
@@ -236,8 +243,8 @@ def linear_probe(
         ``n_train``/``n_test`` (videos; ``n_test`` counts the unreadable ones),
         ``unreadable_test_videos``,
         ``n_train_clips``/``n_test_clips``, ``n_classes``, ``feature_dim``, ``C``,
-        ``C_selection``, ``cv_accuracy`` ({C: accuracy}), ``per_class`` ({name: top-1}),
-        ``convergence_warnings``.
+        ``C_selection``, ``cv_accuracy`` ({C: accuracy}), ``cv_top1`` (at the chosen C; None when
+        C was fixed), ``per_class`` ({name: top-1}), ``convergence_warnings``.
 
     Raises:
         DataError: fewer than 2 classes, an unlabelled clip, or mismatched lengths.
@@ -291,9 +298,47 @@ def linear_probe(
         "C": c,
         "C_selection": how,
         "cv_accuracy": cv_scores,
+        "cv_top1": cv_scores.get(f"{c:g}"),
         "per_class": per_class,
         "convergence_warnings": n_warn,
     }
+
+
+ADVICE_FIT_GAP = (
+    "an encoder pretrained on these training videos can have memorised them (their "
+    "pseudo-labels, or their labels in a supervised run) instead of learning what carries the "
+    "class; a test split unlike the training split does the same. If the supervised bound "
+    "(--method supervised) shows the same gap, the set is too small for this network and more "
+    "videos is what helps (fewer steps or clusters did not: docs/presets.md, sections 9-10); "
+    "probe on videos the encoder never saw (--data, --train-split) to measure what it learned"
+)
+
+
+def fit_gap(cv_top1: float | None, top1: float, split: str = "test") -> str | None:
+    """What ``fit_gap_note`` says without its advice (``ADVICE_FIT_GAP``): None when the
+    cross-validated top-1 on the training videos is unknown or less than ``FIT_GAP`` above the
+    top-1 on ``split``."""
+    if cv_top1 is None or cv_top1 - top1 < FIT_GAP:
+        return None
+    return (
+        f"the probe scores {cv_top1:.1%} on held-out training videos (cross-validation) but "
+        f"{top1:.1%} on the {split!r} videos"
+    )
+
+
+def fit_gap_note(result: dict[str, Any], split: str = "test") -> str | None:
+    """A warning line when a single-label probe's cross-validated accuracy on the training
+    videos (``cv_top1``) is ``FIT_GAP`` or more above its top-1 on ``split``, with the likely causes
+    and what to try; None otherwise, for a multi-label result, or when C was not
+    cross-validated."""
+    said = (
+        None if result.get("multi_label") else fit_gap(result.get("cv_top1"), result["top1"], split)
+    )
+    return (
+        None
+        if said is None
+        else f"warning: {said}. {ADVICE_FIT_GAP[:1].upper()}{ADVICE_FIT_GAP[1:]}."
+    )
 
 
 def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -46,6 +46,7 @@ from xdc.evaluation import report_plots as plots
 from xdc.evaluation.cli_shared import Subcommands, add_device_arguments
 from xdc.evaluation.report_checks import (
     CACHE_NAME,
+    fit_gap_warnings,
     random_init_check,
     random_init_html,
     random_init_warnings,
@@ -113,7 +114,7 @@ def write_report(
         if probe
         else {"skipped": "--no-probe was given"}
     )
-    extra = random_init_warnings(check)
+    extra = random_init_warnings(check) + fit_gap_warnings(check)
     sections = [
         warnings_html(contents.run, extra),
         header_html(contents),

@@ -27,7 +27,7 @@ from xdc.diagnostics import heldout_margin, not_clearly_above, read_warnings
 from xdc.errors import DataError, XdcError
 from xdc.evaluation.encoders import RANDOM, load_eval_encoders
 from xdc.evaluation.extract import extract_splits
-from xdc.evaluation.linear_probe import probe_clip_features
+from xdc.evaluation.linear_probe import ADVICE_FIT_GAP, fit_gap, probe_clip_features
 from xdc.evaluation.report_plots import esc, grid_table
 from xdc.methods import MODALITIES
 from xdc.runlog import read_metrics
@@ -49,7 +49,7 @@ MAX_VIDEOS = {"train": 1000, "test": 500}
 TEST_SPLITS = ("val", "validation", "test")
 """Where the probe is scored: the validation split when there is one (the test split stays for
 final numbers, as in ``xdc demo``), else the test split."""
-PROTOCOL = "report_random_init_check/1"
+PROTOCOL = "report_random_init_check/2"  # 2: cv_top1 stored too
 ADVICE_RANDOM = (
     "pretraining did not make this encoder better than its initialisation for these labels: see "
     "the run's warnings above, try the supervised upper bound (--method supervised) to check the "
@@ -143,6 +143,7 @@ def _probe(
         "random": load_eval_encoders(RANDOM, like=run, seed=contents.config.train.seed),
     }
     top1: dict[str, dict[str, float]] = {m: {} for m in MODALITIES}
+    cv_top1: dict[str, dict[str, float]] = {m: {} for m in MODALITIES}
     n_test: dict[str, int] = {}
     skipped: dict[str, str] = {}
     test_labels = np.asarray([manifest.label(i) for i, r in enumerate(manifest.rows)])
@@ -169,6 +170,8 @@ def _probe(
                 skipped[m] = str(err)
                 continue
             top1[m][name] = float(probe["top1"])
+            if probe.get("cv_top1") is not None:
+                cv_top1[m][name] = float(probe["cv_top1"])
             n_test[m] = int(probe["n_test"])
     test_rows = [i for i, r in enumerate(manifest.rows) if r.get("split", "") == test]
     counts = np.bincount(test_labels[test_rows])
@@ -183,6 +186,7 @@ def _probe(
         "n_test_videos": n_test,
         "chance_top1": float(counts.max() / counts.sum()),
         "top1": {m: v for m, v in top1.items() if v},
+        "cv_top1": {m: v for m, v in cv_top1.items() if v},
         "skipped": skipped,
     }
 
@@ -212,6 +216,29 @@ def random_init_warnings(check: dict[str, Any] | None) -> list[dict[str, Any]]:
                         f"{100 * heldout_margin(random, n):.1f} points, {n} test videos)"
                     ),
                     "advice": ADVICE_RANDOM,
+                }
+            )
+    return out
+
+
+def fit_gap_warnings(check: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A warning per trained encoder whose probe fits the training videos far better than the
+    videos it is scored on (``fit_gap``): what a network that memorised its training videos
+    gives."""
+    if not check:
+        return []
+    out = []
+    for m, v in (check.get("cv_top1") or {}).items():
+        top1 = check["top1"].get(m, {}).get("trained")
+        said = None if top1 is None else fit_gap(v.get("trained"), top1, check["test_split"])
+        if said:
+            out.append(
+                {
+                    "iteration": None,
+                    "code": "memorised_training_videos",
+                    "subject": m,
+                    "message": f"trained {m} encoder: {said}",
+                    "advice": ADVICE_FIT_GAP,
                 }
             )
     return out
@@ -249,7 +276,7 @@ def random_init_html(check: dict[str, Any] | None, warnings: list[dict[str, Any]
     if "skipped" in check and "top1" not in check:
         return head + f'<p class="note">not compared: {esc(str(check["skipped"]))}</p></section>'
     rows = []
-    flagged = {w["subject"] for w in warnings}
+    flagged = {w["subject"] for w in warnings if w["code"] == "not_above_random_init"}
     for m in MODALITIES:
         v = check["top1"].get(m)
         if v is None:
