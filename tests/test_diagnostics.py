@@ -329,7 +329,9 @@ def test_failing_run_report_lists_the_warnings_and_compares_with_random_init(
         assert word in table
     cache = json.loads((run / "eval" / CACHE_NAME).read_text())
     assert set(cache["top1"]) == {"video", "audio"}
-    assert set(cache["cv_top1"]) <= {"video", "audio"}  # stored for the memorisation warning
+    # Stored for the memorisation warning: C was cross-validated for both modalities.
+    assert set(cache["cv_top1"]) == {"video", "audio"}
+    assert all(0.0 <= v <= 1.0 for m in cache["cv_top1"].values() for v in m.values())
     assert cache["chance_top1"] == pytest.approx(1 / 3)
     assert CACHE_NAME not in html[html.index('<section id="evaluation">') :]
     # Written again: the probe comes from the cache.

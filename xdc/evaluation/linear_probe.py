@@ -330,13 +330,11 @@ def fit_gap(cv_top1: float | None, top1: float, split: str = "test") -> str | No
 
 
 def fit_gap_note(result: dict[str, Any], split: str = "test") -> str | None:
-    """A warning line when a single-label probe's cross-validated accuracy on the training
-    videos (``cv_top1``) is ``FIT_GAP`` or more above its top-1 on ``split``, with the likely causes
-    and what to try; None otherwise, for a multi-label result, or when C was not
-    cross-validated."""
-    said = (
-        None if result.get("multi_label") else fit_gap(result.get("cv_top1"), result["top1"], split)
-    )
+    """A warning line when a probe's cross-validated accuracy on the training videos
+    (``cv_top1``) is ``FIT_GAP`` or more above its top-1 on ``split``, with the likely causes
+    and what to try; None otherwise, or when C was not cross-validated (no ``cv_top1``, as in a
+    multi-label result)."""
+    said = fit_gap(result.get("cv_top1"), result["top1"], split)
     return (
         None
         if said is None
