@@ -42,6 +42,13 @@ def test_demo_scores_val_by_default_and_test_only_when_asked(
         "protocol: linear probe, stored BatchNorm statistics (standard); random init: BatchNorm "
         "statistics recomputed on 512 training clips (a random init has none); 1 clip per video"
     ) in printed
+    # The probes' cross-validated top-1 on the training videos is kept, one per seed, and any
+    # memorisation warning the table prints is in the JSON too.
+    for row in ("random", "supervised"):
+        for m in ("video", "audio"):
+            (known,) = val["linear_probe_top1"][row][m]["cv_runs"]
+            assert 0.0 <= known <= 100.0
+    assert all(line in printed for line in val["warnings"])
     assert not (tmp_path / "demo-test.json").exists()
     mtime = (tmp_path / "seed0" / "supervised" / "checkpoint.pt").stat().st_mtime
     # The test split reuses the finished runs: only the probes run again.
@@ -49,6 +56,32 @@ def test_demo_scores_val_by_default_and_test_only_when_asked(
     assert "test top-1" in capsys.readouterr().out
     assert json.loads((tmp_path / "demo-test.json").read_text())["split"] == "test"
     assert (tmp_path / "seed0" / "supervised" / "checkpoint.pt").stat().st_mtime == mtime
+
+
+def test_demo_warns_for_a_pretrained_encoder_far_better_on_its_training_videos() -> None:
+    from xdc.demo import fit_gap_warnings
+
+    def cell(mean: float, *cv: float | None) -> dict:
+        return {"mean": mean, "cv_runs": list(cv)}
+
+    summary = {
+        "split": "val",
+        "linear_probe_top1": {
+            # the random init saw no video: never flagged, whatever its gap
+            "random": {"video": cell(10.0, 60.0, 60.0), "audio": cell(30.0, 90.0, 90.0)},
+            # 55 vs 30 (means over the seeds) is flagged; 95.5 vs 90 is not
+            "xdc": {"video": cell(30.0, 60.0, 50.0), "audio": cell(90.0, 95.0, 96.0)},
+            # a seed without cross-validation: no verdict; 80 vs 50 on one modality is flagged
+            "supervised": {"video": cell(70.0, 99.0, None), "audio": cell(50.0, 80.0, 80.0)},
+            "sdc": {"video": cell(40.0, 64.0, 64.0), "audio": cell(80.0, 81.0, 80.0)},
+        },
+    }
+    assert fit_gap_warnings(summary) == [
+        "warning: XDC (cross-modal), video encoder: the probe scores 55.0% on held-out training "
+        "videos (cross-validation) but 30.0% on the 'val' videos (means over 2 seeds)",
+        "warning: supervised (upper bound), audio encoder: the probe scores 80.0% on held-out "
+        "training videos (cross-validation) but 50.0% on the 'val' videos (means over 2 seeds)",
+    ]
 
 
 def test_demo_refuses_other_data_in_its_folder_and_bad_flags(

@@ -316,6 +316,8 @@ ADVICE_FIT_GAP = (
     "videos is what helps (fewer steps or clusters did not: docs/presets.md, sections 9-10); "
     "probe on videos the encoder never saw (--data, --train-split) to measure what it learned"
 )
+ADVICE_FIT_GAP_SENTENCE = f"{ADVICE_FIT_GAP[:1].upper()}{ADVICE_FIT_GAP[1:]}."
+"""``ADVICE_FIT_GAP`` as a sentence of its own, as the warnings print it."""
 
 
 def fit_gap(cv_top1: float | None, top1: float, split: str = "test") -> str | None:
@@ -336,11 +338,7 @@ def fit_gap_note(result: dict[str, Any], split: str = "test") -> str | None:
     and what to try; None otherwise, or when C was not cross-validated (no ``cv_top1``, as in a
     multi-label result)."""
     said = fit_gap(result.get("cv_top1"), result["top1"], split)
-    return (
-        None
-        if said is None
-        else f"warning: {said}. {ADVICE_FIT_GAP[:1].upper()}{ADVICE_FIT_GAP[1:]}."
-    )
+    return None if said is None else f"warning: {said}. {ADVICE_FIT_GAP_SENTENCE}"
 
 
 def average_precisions(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
