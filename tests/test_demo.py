@@ -59,7 +59,7 @@ def test_demo_scores_val_by_default_and_test_only_when_asked(
 
 
 def test_demo_warns_for_a_pretrained_encoder_far_better_on_its_training_videos() -> None:
-    from xdc.demo import fit_gap_warnings
+    from xdc.demo import fit_gap_lines
 
     def cell(mean: float, *cv: float | None) -> dict:
         return {"mean": mean, "cv_runs": list(cv)}
@@ -76,7 +76,7 @@ def test_demo_warns_for_a_pretrained_encoder_far_better_on_its_training_videos()
             "sdc": {"video": cell(40.0, 64.0, 64.0), "audio": cell(80.0, 81.0, 80.0)},
         },
     }
-    assert fit_gap_warnings(summary) == [
+    assert fit_gap_lines(summary) == [
         "warning: XDC (cross-modal), video encoder: the probe scores 55.0% on held-out training "
         "videos (cross-validation) but 30.0% on the 'val' videos (means over 2 seeds)",
         "warning: supervised (upper bound), audio encoder: the probe scores 80.0% on held-out "

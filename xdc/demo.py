@@ -137,7 +137,7 @@ def run_demo(
             values[m]["cv_runs"] = cv[row][m]
     summary |= {"family": family, "split": split, "overrides": list(overrides)}
     summary["protocol"] = protocol_record(split, clips, bn_used)
-    summary["warnings"] = fit_gap_warnings(summary)
+    summary["warnings"] = fit_gap_lines(summary)
     print("\n" + format_table(summary))
     if summary["warnings"]:
         print("\n".join([*summary["warnings"], ADVICE_FIT_GAP_SENTENCE]))
@@ -233,12 +233,13 @@ def protocol_record(split: str, clips: int, bn_used: dict[str, str]) -> dict[str
     }
 
 
-def fit_gap_warnings(summary: dict[str, Any]) -> list[str]:
-    """One warning per pretrained encoder whose probe scores ``FIT_GAP`` or more higher on
-    held-out training videos (its cross-validation, mean over the seeds) than on the scored split:
-    the sign of an encoder that memorised its pretraining videos (``xdc.evaluation.linear_probe``).
-    The random init saw no video, so it is not checked; nor is a row with a seed whose C was not
-    cross-validated."""
+def fit_gap_lines(summary: dict[str, Any]) -> list[str]:
+    """The warning lines the demo prints under its table: one per pretrained encoder whose probe
+    scores ``FIT_GAP`` or more higher on held-out training videos (its cross-validation, mean
+    over the seeds) than on the scored split, the sign of an encoder that memorised its
+    pretraining videos (``xdc.evaluation.linear_probe``). The report's per-run check is
+    ``report_checks.fit_gap_warnings``. The random init saw no video, so it is not checked; nor
+    is a row with a seed whose C was not cross-validated."""
     split = summary.get("split", "test")
     lines = []
     for row, name in ROWS:
